@@ -1,0 +1,44 @@
+# wlex: every target makes and uses .venv by itself (Python 3.11+, Java 17+ and Maven on PATH).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.wlex-installed
+
+.PHONY: demo test test-unit test-integration test-faults bench lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wlex needs Python 3.11+"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,local]'
+	touch $(STAMP)
+
+## demo: the local exchange (PostgreSQL, Kafka, every service) until Ctrl-C
+demo: $(STAMP)
+	$(VENV)/bin/wlex demo
+
+## test: the whole suite: unit tests first, then integration, then fault tests
+test: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider tests/unit tests/integration tests/faults
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+
+test-faults: $(STAMP)
+	$(PY) -m pytest tests/faults
+
+## bench: the benchmarks; results in loadtests/results/, figures in docs/performance.md
+bench: $(STAMP)
+	$(PY) -m loadtests.bench_core
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services tests loadtests
+	$(VENV)/bin/ruff format --check services tests loadtests
+
+## clean: stop the local runtime and delete its data, logs and jar cache (.wlex/)
+clean:
+	-test -x $(VENV)/bin/wlex && $(VENV)/bin/wlex dev down
+	rm -rf .wlex .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""wlex: the services of the logistics trading exchange, and the launcher that runs them."""

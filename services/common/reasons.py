@@ -1,0 +1,35 @@
+"""Reason codes: the one list of words that engine rejections, API problem types,
+metric labels and docs all use. Part of the public contract, like the schemas."""
+
+from __future__ import annotations
+
+# Engine rejections, in precedence order (DESIGN "Matching rules"): the first that
+# applies is the one reported.
+INVALID = "invalid"
+EXPIRED = "expired"
+DUPLICATE_ID = "duplicate_id"
+UNKNOWN_ORDER = "unknown_order"
+NOT_OWNER = "not_owner"
+NOT_AUCTION = "not_auction"
+ABOVE_RESERVE = "above_reserve"
+NOT_IMPROVING = "not_improving"
+
+ENGINE_REJECT_PRECEDENCE: tuple[str, ...] = (
+    INVALID,
+    EXPIRED,
+    DUPLICATE_ID,
+    UNKNOWN_ORDER,
+    NOT_OWNER,
+    NOT_AUCTION,
+    ABOVE_RESERVE,
+    NOT_IMPROVING,
+)
+
+# Funding gate rejections (settlement).
+INSUFFICIENT_FUNDS = "insufficient_funds"
+UNKNOWN_SHIPPER = "unknown_shipper"
+SUSPENDED = "suspended"
+
+GATE_REJECTS: tuple[str, ...] = (INSUFFICIENT_FUNDS, UNKNOWN_SHIPPER, SUSPENDED)
+
+ALL: frozenset[str] = frozenset(ENGINE_REJECT_PRECEDENCE + GATE_REJECTS)
