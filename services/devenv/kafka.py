@@ -194,6 +194,15 @@ def tool_command(libs: Path, main_class: str, args: list[str]) -> list[str]:
     return [java_executable(), "-Xmx256m", "-cp", str(libs / "*"), main_class, *args]
 
 
+def console_classes(version: str) -> tuple[str, str]:
+    """Main classes of the console producer and consumer: they moved out of the Scala core
+    into kafka-tools with 4.0."""
+    if int(version.split(".")[0]) >= 4:
+        return ("org.apache.kafka.tools.ConsoleProducer",
+                "org.apache.kafka.tools.consumer.ConsoleConsumer")
+    return ("kafka.tools.ConsoleProducer", "org.apache.kafka.tools.consumer.ConsoleConsumer")
+
+
 def _storage_tool(java: str, classpath: str, args: list[str]) -> str:
     result = subprocess.run(
         [java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool", *args],

@@ -66,14 +66,15 @@ def test_dev_up_status_outside_client_and_down(dev_env):
 
     libs = Path(env["WLEX_HOME"]) / "kafka" / status["kafka"]["version"] / "libs"
     topic = "wlex.dlq"  # made by `wlex dev up` from the AsyncAPI document
+    producer_class, consumer_class = kafka_runtime.console_classes(status["kafka"]["version"])
     line = f"hello-{uuid.uuid4().hex}"
     subprocess.run(
-        kafka_runtime.tool_command(libs, "org.apache.kafka.tools.ConsoleProducer",
+        kafka_runtime.tool_command(libs, producer_class,
                                    ["--bootstrap-server", bootstrap, "--topic", topic]),
         input=line + "\n", text=True, check=True, capture_output=True, timeout=120,
     )
     consumed = subprocess.run(
-        kafka_runtime.tool_command(libs, "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        kafka_runtime.tool_command(libs, consumer_class,
                                    ["--bootstrap-server", bootstrap, "--topic", topic,
                                     "--from-beginning", "--max-messages", "1",
                                     "--timeout-ms", "30000"]),
