@@ -1,0 +1,207 @@
+"""Consume-transform-produce in Kafka transactions: each batch's outputs, dead letters
+and input offsets commit together or not at all (DESIGN "Exactly-once effect").
+
+    consumer = make_consumer(bootstrap, group_id=group, partitions=static_partitions(...))
+    await run_transactional(  # starts and stops both clients
+        consumer,
+        lambda: make_producer(bootstrap, transactional_id=transactional_id_for(...)),
+        transform,  # Batch -> [(topic, key, envelope)]
+        group_id=group, dlq_topic=settings.topic("dlq"), source="matching",
+    )
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import ProducerFenced
+
+from services.common import schemas
+from services.common.kafka import (
+    BATCH_RECORDS_MAX,
+    Batch,
+    Output,
+    count_dead,
+    count_produced,
+    fetch_batch,
+    send_all,
+    send_dead_letters,
+)
+from services.common.metrics import KafkaMetrics
+
+Transform = Callable[[Batch], "list[Output] | Awaitable[list[Output]]"]
+
+
+class TransactionAborted(Exception):
+    """A batch's transaction was aborted and the consumer put back to the batch's
+    start: the next fetch returns the same records again."""
+
+
+def rewind(consumer: AIOKafkaConsumer, batch: Batch) -> None:
+    """Puts the consumer back on the first record of batch in each of its partitions.
+
+    Needed after a failed batch: getmany has already moved past it (aiokafka #1046).
+    Not consumer.committed(): aiokafka's OffsetFetch (v3) cannot ask for stable
+    offsets (KIP-447's require_stable), so just after a commit it may still return
+    the offsets from before it, and seeking there would redo a committed batch.
+    Not seek_to_committed() either: it seeks only when the offset is above 0.
+    Where this batch started is where the last commit ended.
+    """
+    for tp, first in batch.first_offsets.items():
+        consumer.seek(tp, first)
+
+
+async def commit_batch(
+    consumer: AIOKafkaConsumer,
+    producer: AIOKafkaProducer,
+    batch: Batch,
+    transform: Transform,
+    *,
+    group_id: str,
+    dlq_topic: str,
+    source: str,
+    metrics: KafkaMetrics | None = None,
+) -> None:
+    """transform(batch), then ONE transaction: its outputs, the batch's dead letters and
+    the batch's offsets for group_id. All of it is visible to read_committed consumers,
+    or none of it.
+
+    On failure the transaction is aborted, the consumer rewound to the batch's start
+    and TransactionAborted raised; the producer should then be replaced (see
+    run_transactional). If transform itself raises, the consumer is rewound and its
+    exception raised. ProducerFenced (a twin took our transactional id) and a failed
+    abort are raised as they are: the producer is unusable and the process should stop.
+    """
+    try:
+        outputs = transform(batch)
+        if inspect.isawaitable(outputs):
+            outputs = await outputs
+        outputs = list(outputs)
+    except Exception:
+        rewind(consumer, batch)
+        raise
+    await producer.begin_transaction()
+    try:
+        futures = await send_all(producer, outputs)
+        futures += await send_dead_letters(
+            producer, batch.dead, dlq_topic, group_id=group_id, source=source
+        )
+        await producer.send_offsets_to_transaction(batch.offsets, group_id)
+        # aiokafka does not fail the transaction when the broker refuses a record: it
+        # fails that record's future (and, by its sequence number, every later one to
+        # the same partition), and commit_transaction() would still commit the rest,
+        # a torn batch. So every future is checked before the commit.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        refused = next((r for r in results if isinstance(r, BaseException)), None)
+        if refused is not None:
+            raise refused
+        await producer.commit_transaction()
+    except ProducerFenced:
+        raise
+    except Exception as exc:
+        try:
+            await producer.abort_transaction()
+        except Exception as abort_exc:
+            # Say the commit's outcome is unknown: the transaction is now the broker's
+            # to settle, and our next producer with this transactional id aborts or
+            # completes it at init. This producer is done.
+            raise RuntimeError(f"abort failed after {exc!r}") from abort_exc
+        rewind(consumer, batch)
+        if metrics is not None:
+            metrics.transactions.labels("aborted").inc()
+        raise TransactionAborted(f"batch of {len(batch)} records: {exc!r}") from exc
+    if metrics is not None:
+        metrics.transactions.labels("committed").inc()
+        count_produced(metrics, outputs)
+        count_dead(metrics, batch.dead, dlq_topic)
+        metrics.batch_seconds.observe(time.perf_counter() - batch.fetched_at_s)
+
+
+async def run_transactional(
+    consumer: AIOKafkaConsumer,
+    new_producer: Callable[[], AIOKafkaProducer],
+    transform: Transform,
+    *,
+    group_id: str,
+    dlq_topic: str,
+    source: str,
+    stop: asyncio.Event | None = None,
+    max_records: int = BATCH_RECORDS_MAX,
+    poll_timeout_ms: int = 100,
+    validate: Callable[[Any], None] = schemas.validate,
+    on_start: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None,
+    on_abort: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None,
+    aborts_in_a_row_max: int = 5,
+    metrics: KafkaMetrics | None = None,
+) -> None:
+    """Consume-transform-produce until stop is set: fetch_batch, then commit_batch.
+
+    Starts and stops the producer and the consumer itself, in this order: first the
+    producer (new_producer(): make_producer with the partition set's transactional
+    id), whose InitProducerId makes the broker finish or abort whatever transaction
+    the previous owner of the set left open; only then the unstarted, statically
+    assigned consumer (see transactional_id_for), so the committed offsets it reads
+    are final. on_start(consumer) runs next, before the first fetch (the matching
+    engine seeks to its snapshot's offsets there).
+
+    The producer is replaced after every aborted batch: aiokafka keeps counting the
+    sequence numbers of records the broker refused, so the next transaction to that
+    partition would fail with OutOfOrderSequenceNumber; a new producer starts a new
+    epoch. After an aborted batch the same records come again: a transform with state
+    must undo what it did for them in on_abort(consumer). After aborts_in_a_row_max
+    aborts in a row the last TransactionAborted is raised.
+
+    validate=schemas.validate_envelope lets the transform see data that fails its
+    schema (the engine answers those with order.rejected rather than dead letters).
+    Cancelled mid-batch, the open transaction is aborted by the next producer with the
+    same transactional id, or by the broker after transaction_timeout_ms.
+    """
+    producer = new_producer()
+    await producer.start()
+    try:
+        await consumer.start()
+        try:
+            if on_start is not None:
+                await on_start(consumer)
+            aborts = 0
+            while stop is None or not stop.is_set():
+                batch = await fetch_batch(
+                    consumer,
+                    max_records=max_records,
+                    timeout_ms=poll_timeout_ms,
+                    validate=validate,
+                    metrics=metrics,
+                )
+                if not len(batch):
+                    continue
+                try:
+                    await commit_batch(
+                        consumer,
+                        producer,
+                        batch,
+                        transform,
+                        group_id=group_id,
+                        dlq_topic=dlq_topic,
+                        source=source,
+                        metrics=metrics,
+                    )
+                except TransactionAborted:
+                    aborts += 1
+                    if aborts >= aborts_in_a_row_max:
+                        raise
+                    await producer.stop()
+                    producer = new_producer()
+                    await producer.start()
+                    if on_abort is not None:
+                        await on_abort(consumer)
+                    continue
+                aborts = 0
+        finally:
+            await consumer.stop()
+    finally:
+        await producer.stop()
