@@ -9,6 +9,8 @@ of these fixtures, so `pytest tests/unit` starts nothing.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -21,8 +23,16 @@ from services.devenv.stack import Stack, StackConfig
 PROJECT_HOME = Path(__file__).resolve().parents[1] / ".wlex"
 
 
+def new_state_dir(name: str) -> Path:
+    """A state directory for a test stack, outside pytest's tmp_path: pytest keeps its
+    base directory at mode 0700 (and resets it when another pytest run starts), which
+    PostgreSQL, running as its own system user when we are root, could not traverse."""
+    return Path(tempfile.mkdtemp(prefix=f"wlex-{name}-"))
+
+
 def start_stack(state_dir: Path, brokers: int = 1, *, external: bool = True) -> Stack:
-    """Start a stack of the real broker(s) and PostgreSQL in state_dir on free ports."""
+    """Start a stack of the real broker(s) and PostgreSQL in state_dir on free ports.
+    Stop it with stop_stack."""
     base = free_port_block(2 * brokers + 1)
     config = StackConfig(
         state_dir=state_dir,
@@ -42,12 +52,18 @@ def start_stack(state_dir: Path, brokers: int = 1, *, external: bool = True) -> 
     return stack
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Stack:
-    """One real Kafka broker and one PostgreSQL for the whole run."""
-    stack = start_stack(tmp_path_factory.mktemp("stack"))
-    yield stack
+def stop_stack(stack: Stack) -> None:
+    """Stop every process of the stack and delete its state."""
     stack.down()
+    shutil.rmtree(stack.state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """One real Kafka broker and one PostgreSQL for the whole run."""
+    stack = start_stack(new_state_dir("stack"))
+    yield stack
+    stop_stack(stack)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from tests.conftest import start_stack
+from tests.conftest import new_state_dir, start_stack, stop_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -24,10 +24,10 @@ SEND_DEADLINE_S = 90.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("cluster3"), brokers=3, external=False)
+def cluster():
+    stack = start_stack(new_state_dir("cluster3"), brokers=3, external=False)
     yield stack
-    stack.down()
+    stop_stack(stack)
 
 
 async def _leader_of(bootstrap: str, topic: str) -> int:

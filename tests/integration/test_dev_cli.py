@@ -7,6 +7,7 @@ broker at the address `status --json` prints, and `down` leaves no process and n
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from services.devenv import kafka as kafka_runtime
 from services.devenv.ports import free_port_block
+from tests.conftest import new_state_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -33,19 +35,20 @@ def _port_open(port: int) -> bool:
 
 
 @pytest.fixture
-def dev_env(tmp_path):
+def dev_env():
+    home = new_state_dir("dev-cli")
     base = free_port_block(3)
-    env = dict(os.environ, WLEX_HOME=str(tmp_path / "home"), WLEX_KAFKA_PORT=str(base),
+    env = dict(os.environ, WLEX_HOME=str(home), WLEX_KAFKA_PORT=str(base),
                WLEX_KAFKA_CONTROLLER_PORT=str(base + 1), WLEX_POSTGRES_PORT=str(base + 2))
     env.pop("WLEX_KAFKA_BOOTSTRAP", None)
     env.pop("WLEX_DATABASE_URL", None)
     # The jars are cached per home; reuse the project's cache instead of copying them again.
     cache = ROOT / ".wlex" / "kafka"
-    (tmp_path / "home").mkdir()
     if cache.exists():
-        (tmp_path / "home" / "kafka").symlink_to(cache)
+        (home / "kafka").symlink_to(cache)
     yield env, base
     subprocess.run([WLEX, "dev", "down"], env=env, cwd=ROOT, check=False)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _wlex(env, *args) -> str:
