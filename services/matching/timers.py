@@ -1,0 +1,76 @@
+"""The engine's timers: expiries of resting orders and closes of auctions.
+
+Two heaps of (deadline, seq, order), because the two kinds fall due differently: a
+market load or an offer expires once its pickup_to / available_to is *before* now,
+an auction closes once closes_at is *at or before* now. With one heap an expiry whose
+deadline equals now would sit on top, not yet due, and hide the due closes under it.
+What fires before one command is merged back into one list in (deadline, seq) order, the
+order DESIGN names; seq is unique, so the order objects themselves are never compared.
+
+Cancellation is lazy: an order that leaves the market early keeps its entry, flagged
+dead through `order.live`; firing skips it. `dead` counts such entries and the heaps
+are rebuilt when they outnumber the live ones, which bounds memory.
+"""
+
+from __future__ import annotations
+
+from heapq import heapify, heappop, heappush
+
+_DEAD_MIN = 1024
+
+
+class Timers:
+    __slots__ = ("expiries", "closes", "dead")
+
+    def __init__(self):
+        self.expiries = []  # (deadline, seq, Load | Offer): due when deadline < now
+        self.closes = []  # (closes_at, seq, Auction): due when closes_at <= now
+        self.dead = 0
+
+    def add_expiry(self, deadline, seq, order) -> None:
+        heappush(self.expiries, (deadline, seq, order))
+
+    def add_close(self, closes_at, seq, auction) -> None:
+        heappush(self.closes, (closes_at, seq, auction))
+
+    def due(self, now) -> bool:
+        """Whether anything may fire at `now` (dead entries included: cheap to check)."""
+        e = self.expiries
+        c = self.closes
+        return bool((e and e[0][0] < now) or (c and c[0][0] <= now))
+
+    def pop_due(self, now) -> list:
+        """The live orders due at `now`, in (deadline, seq) order, taken off the heaps."""
+        fired = []
+        e = self.expiries
+        while e and e[0][0] < now:
+            entry = heappop(e)
+            if entry[2].live:
+                fired.append(entry)
+            else:
+                self.dead -= 1
+        n_expiries = len(fired)
+        c = self.closes
+        while c and c[0][0] <= now:
+            entry = heappop(c)
+            if entry[2].live:
+                fired.append(entry)
+            else:
+                self.dead -= 1
+        if 0 < n_expiries < len(fired):
+            fired.sort(key=_deadline_seq)
+        return [entry[2] for entry in fired]
+
+    def forget(self) -> None:
+        """One timed order left the market early: its entry is now dead weight."""
+        self.dead += 1
+        if self.dead > _DEAD_MIN and self.dead * 2 > len(self.expiries) + len(self.closes):
+            self.expiries = [t for t in self.expiries if t[2].live]
+            self.closes = [t for t in self.closes if t[2].live]
+            heapify(self.expiries)
+            heapify(self.closes)
+            self.dead = 0
+
+
+def _deadline_seq(entry):
+    return entry[0], entry[1]
