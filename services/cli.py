@@ -13,6 +13,7 @@ import orjson
 import typer
 
 from services.common.settings import get_settings
+from services.gateway import cli as gateway_cli
 
 app = typer.Typer(help="wlex, the open logistics trading exchange.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -22,6 +23,7 @@ topics = typer.Typer(help="Kafka topics, as described in schemas/asyncapi.yaml."
                      no_args_is_help=True)
 app.add_typer(dev, name="dev")
 app.add_typer(topics, name="topics")
+app.add_typer(gateway_cli.app, name="participants")
 
 
 def _stack(brokers: int | None = None):

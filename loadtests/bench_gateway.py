@@ -1,0 +1,329 @@
+"""Benchmark of the gateway: `python -m loadtests.bench_gateway`.
+
+POST /v1/loads with 64 concurrent clients for 30 s against `python -m services.gateway`
+(the real thing: PostgreSQL for keys and idempotency, Kafka acks=all before each 202),
+and in the same run the ceiling: a bare FastAPI endpoint that reads the same JSON body
+and answers 202, served the same way (services.common.runner, the same HttpServer and
+uvicorn settings, one process, uvloop). ratio = post_loads_rps / bare_rps.
+
+Each client keeps one HTTP/1.1 connection and sends the next request when the answer
+came (closed loop); every POST is a new load with its own Idempotency-Key, from one of
+64 shippers (one per client, so the per-key rate limit is raised for the run, not
+removed). The clients run in a separate process with a minimal hand-written HTTP/1.1
+client on uvloop, so that the measuring side costs as little CPU as possible: on the
+2-core reference machine the clients, the gateway, PostgreSQL and Kafka share the cores.
+
+Uses WLEX_KAFKA_BOOTSTRAP / WLEX_DATABASE_URL when set, else starts a local stack in a
+temporary directory. Writes loadtests/results/bench_gateway.json and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import psutil
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+RESULTS = Path(__file__).parent / "results" / "bench_gateway.json"
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"post_loads_rps": (">=", 3000), "ratio": (">=", 0.4)}
+HOUR_MS = 3_600_000
+
+
+# ---------------------------------------------------------------------------- the ceiling
+
+
+def serve_bare() -> None:
+    """The bare endpoint: FastAPI, one POST that reads a JSON body and answers 202."""
+    from services.common import observability
+    from services.common.runner import run_service
+
+    app = FastAPI()
+
+    @app.post("/v1/loads", status_code=202)
+    async def post(request: Request) -> Response:
+        doc = orjson.loads(await request.body())
+        return Response(
+            orjson.dumps({"load_id": str(len(doc)), "status": "requested"}),
+            status_code=202,
+            media_type="application/json",
+        )
+
+    async def main(ctx) -> None:
+        ctx.mark_ready()
+        await ctx.stop.wait()
+
+    def http_app(ctx):
+        app.include_router(observability.router(ctx.checks))  # /healthz, as the gateway
+        return app
+
+    run_service(main, name="bench_bare", http_app=http_app)
+
+
+# ---------------------------------------------------------------------------- the clients
+
+
+def _body() -> bytes:
+    t = time.time_ns() // 1_000_000
+    return orjson.dumps(
+        {
+            "mode": "market",
+            "lane": {"origin": "420100", "destination": "420600", "vehicle_class": "van-9.6"},
+            "weight_kg": 12000,
+            "volume_dm3": 30000,
+            "cargo_category": "building-materials",
+            "pickup_from": t + HOUR_MS,
+            "pickup_to": t + 5 * HOUR_MS,
+            "limit_fen": 350000,
+        }
+    )
+
+
+async def _client(port: int, key: str, deadline: float, stats: dict) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = _body()
+    prefix = (
+        f"POST /v1/loads HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    run = uuid.uuid4().hex[:12]
+    n = 0
+    try:
+        while loop.time() < deadline:
+            n += 1
+            started = loop.time()
+            writer.write(prefix + f"Idempotency-Key: {run}-{n}\r\n\r\n".encode() + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            stats["latencies"].append(loop.time() - started)
+            stats["status"][status] = stats["status"].get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+async def _drive(port: int, keys: list[str], duration_s: float) -> dict:
+    stats: dict = {"latencies": [], "status": {}}
+    loop = asyncio.get_running_loop()
+    warm_deadline = loop.time() + min(3.0, duration_s / 5)
+    warm: dict = {"latencies": [], "status": {}}
+    await asyncio.gather(*(_client(port, k, warm_deadline, warm) for k in keys))
+    started = loop.time()
+    await asyncio.gather(*(_client(port, k, started + duration_s, stats) for k in keys))
+    elapsed = loop.time() - started
+    lat = sorted(stats["latencies"])
+    ok = sum(v for s, v in stats["status"].items() if s == 202)
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else 0.0
+
+    return {
+        "requests": len(lat),
+        "sent_total": len(lat) + len(warm["latencies"]),
+        "accepted_202_total": ok + warm["status"].get(202, 0),  # warm-up included
+        "accepted_202": ok,
+        "status_counts": {str(k): v for k, v in sorted(stats["status"].items())},
+        "elapsed_s": round(elapsed, 2),
+        "rps": round(ok / elapsed, 1),
+        "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
+    }
+
+
+def drive_main(args: list[str]) -> None:
+    """Client process: drive(port, keys file, duration) -> JSON on stdout."""
+    import uvloop
+
+    port, keys_file, duration = int(args[0]), args[1], float(args[2])
+    keys = json.loads(Path(keys_file).read_text())
+    result = uvloop.run(_drive(port, keys, duration))
+    sys.stdout.write(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------- orchestration
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server not healthy in time")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _measure(cmd: list[str], env: dict, port: int, keys_file: Path, duration_s: float) -> dict:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_healthy(port, proc)
+        server = psutil.Process(proc.pid)
+        cpu_before = server.cpu_times()
+        out = subprocess.run(
+            [sys.executable, "-m", "loadtests.bench_gateway", "--drive", str(port),
+             str(keys_file), str(duration_s)],
+            cwd=ROOT, capture_output=True, text=True, timeout=duration_s + 120, check=True,
+        )  # fmt: skip
+        cpu_after = server.cpu_times()
+        result = json.loads(out.stdout)
+        # CPU of the server process per request (warm-up included in both counts): less
+        # sensitive than rps to what else the shared machine is doing.
+        cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+        result["server_cpu_ms_per_request"] = round(cpu_s * 1000 / max(1, result["sent_total"]), 3)
+        return result
+    finally:
+        _stop(proc)
+
+
+async def _prepare(database_url: str, bootstrap: str, schema: str, prefix: str, n: int) -> list:
+    from services.common import db
+    from services.common.topics import create_topics
+    from services.gateway import registry
+
+    await create_topics(bootstrap, prefix, partitions=4)
+    pool = await db.create_pool(database_url, schema=schema, max_size=2)
+    try:
+        await db.migrate(pool, "gateway")
+        keys = []
+        async with pool.acquire() as conn:
+            for i in range(n):
+                _, key = await registry.create(
+                    conn, "shipper", f"bench {i}", time.time_ns() // 10**6
+                )
+                keys.append(key)
+        return keys
+    finally:
+        await db.close_pool(pool)
+
+
+async def _count(database_url: str, schema: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        n = await conn.fetchval(f'SELECT count(*) FROM "{schema}".load')
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        return n
+    finally:
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per measure")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from services.devenv.ports import free_port_block
+
+    bootstrap = os.environ.get("WLEX_KAFKA_BOOTSTRAP", "")
+    database_url = os.environ.get("WLEX_DATABASE_URL", "")
+    stack = None
+    if not (bootstrap and database_url):
+        from tests.conftest import start_stack
+
+        stack = start_stack(Path(tempfile.mkdtemp(prefix="wlex-bench-")), external=False)
+        bootstrap, database_url = stack.kafka_bootstrap, stack.database_url
+    try:
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        prefix = f"bench{uuid.uuid4().hex[:8]}."
+        keys = asyncio.run(_prepare(database_url, bootstrap, schema, prefix, args.clients))
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(keys, f)
+            keys_file = Path(f.name)
+        port = free_port_block(1)
+        env = dict(
+            os.environ,
+            WLEX_KAFKA_BOOTSTRAP=bootstrap,
+            WLEX_DATABASE_URL=database_url,
+            WLEX_TOPIC_PREFIX=prefix,
+            WLEX_HTTP_PORT=str(port),
+            WLEX_GATEWAY_DB_SCHEMA=schema,
+            WLEX_LOG_LEVEL="WARNING",
+            WLEX_GATEWAY_RATE_PER_S="100000",
+            WLEX_GATEWAY_RATE_BURST="100000",
+        )
+        bare = _measure([sys.executable, "-m", "loadtests.bench_gateway", "--serve-bare"],
+                        env, port, keys_file, args.duration)  # fmt: skip
+        post = _measure([sys.executable, "-m", "services.gateway"], env, port, keys_file,
+                        args.duration)  # fmt: skip
+        loads = asyncio.run(_count(database_url, schema))
+    finally:
+        if stack is not None:
+            stack.down()
+    ratio = round(post["rps"] / bare["rps"], 3) if bare["rps"] else 0.0
+    report = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        # The clients, the servers, PostgreSQL and Kafka share the machine: its load says
+        # how much of it this run had.
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        },
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "post_loads": post,
+        "bare": bare,
+        "post_loads_rps": post["rps"],
+        "bare_rps": bare["rps"],
+        "ratio": ratio,
+        "cpu_ratio": round(
+            bare["server_cpu_ms_per_request"] / post["server_cpu_ms_per_request"], 3
+        ),
+        "loads_recorded": loads,
+        "targets": {k: {"op": op, "target": t} for k, (op, t) in TARGETS.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"POST /v1/loads: {post['rps']:.0f}/s (p50 {post['latency_ms']['p50']} ms, "
+          f"p99 {post['latency_ms']['p99']} ms)  bare: {bare['rps']:.0f}/s  ratio {ratio}")  # fmt: skip
+    print(f"server CPU per request: gateway {post['server_cpu_ms_per_request']} ms,"
+          f" bare {bare['server_cpu_ms_per_request']} ms")  # fmt: skip
+    print(f"loads recorded {loads}; 202 answers, warm-up included: {post['accepted_202_total']}")
+    return report
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve-bare"]:
+        serve_bare()
+    elif sys.argv[1:2] == ["--drive"]:
+        drive_main(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

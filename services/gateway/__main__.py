@@ -1,0 +1,63 @@
+"""`python -m services.gateway`: the REST API on settings.http_port, with /metrics and
+/healthz, under the service runner."""
+
+from __future__ import annotations
+
+import logging
+
+from services.common import db
+from services.common.kafka import make_producer
+from services.common.metrics import kafka_metrics
+from services.common.runner import ServiceContext, run_service
+from services.gateway.app import create_app
+from services.gateway.config import GatewayConfig
+from services.gateway.deps import CommandSink, Deps
+
+log = logging.getLogger("services.gateway")
+
+SWEEP_EVERY_S = 60.0
+
+_app = None
+
+
+def http_app(ctx: ServiceContext):
+    # Served from the start, so /healthz answers "starting" while main connects; the
+    # API answers 503 until main sets app.state.deps.
+    global _app
+    _app = create_app(None, ctx.checks)
+    return _app
+
+
+async def main(ctx: ServiceContext) -> None:
+    config = GatewayConfig()
+    pool = await ctx.open_pool(schema=config.db_schema, max_size=config.db_pool_max)
+    await db.migrate(pool, "gateway")
+    producer = make_producer(ctx.settings.kafka_bootstrap, client_id="gateway")
+    await producer.start()
+    ctx.on_shutdown(producer.stop, name="stop kafka producer")
+    topic = ctx.settings.topic("commands")
+
+    async def kafka_check() -> None:
+        if not await producer.partitions_for(topic):
+            raise RuntimeError(f"no partitions for {topic}")
+
+    ctx.checks.add("kafka", kafka_check)
+    deps = Deps(
+        pool=pool,
+        commands=CommandSink(producer, topic, config.produce_timeout_s, kafka_metrics("gateway")),
+        config=config,
+    )
+    _app.state.deps = deps
+    ctx.mark_ready()
+    log.info("gateway ready: commands to %s, schema %s", topic, config.db_schema)
+    while not await ctx.sleep_unless_stopped(SWEEP_EVERY_S):
+        try:
+            swept = await deps.idempotency.sweep()
+            if swept:
+                log.info("swept %d expired idempotency keys", swept)
+        except Exception:  # the next round tries again
+            log.exception("idempotency sweep failed")
+
+
+if __name__ == "__main__":
+    run_service(main, name="gateway", http_app=http_app)
