@@ -33,6 +33,9 @@ test-faults: $(STAMP)
 ## bench: the benchmarks; results in loadtests/results/, figures in docs/performance.md
 bench: $(STAMP)
 	$(PY) -m loadtests.bench_core
+	$(PY) -m loadtests.bench_ledger
+	$(PY) -m loadtests.bench_gateway
+	$(PY) -m loadtests.bench_startup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services tests loadtests

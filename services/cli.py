@@ -14,6 +14,7 @@ import typer
 
 from services.common.settings import get_settings
 from services.gateway import cli as gateway_cli
+from services.settlement import cli as settlement_cli
 
 app = typer.Typer(help="wlex, the open logistics trading exchange.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -24,6 +25,7 @@ topics = typer.Typer(help="Kafka topics, as described in schemas/asyncapi.yaml."
 app.add_typer(dev, name="dev")
 app.add_typer(topics, name="topics")
 app.add_typer(gateway_cli.app, name="participants")
+app.add_typer(settlement_cli.app, name="ledger")
 
 
 def _stack(brokers: int | None = None):

@@ -1,0 +1,29 @@
+"""The ledger benchmark runs end to end on the test database and reports what it
+promises. The figures depend on the machine and are not checked here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loadtests import bench_ledger
+
+pytestmark = pytest.mark.integration
+
+REPORT_KEYS = {
+    "transfers_per_s", "pgbench_tps", "ratio", "ledger", "pgbench", "python", "commit",
+    "machine", "date", "command", "targets",
+}  # fmt: skip
+
+
+def test_quick_run_writes_every_key(database_url, tmp_path):
+    out = tmp_path / "bench_ledger.json"
+    bench_ledger.main(["--quick", "--seconds", "1", "--batch", "300", "--shippers", "20",
+                       "--pgbench-seconds", "1", "--pgbench-clients", "2", "--pgbench-scale", "1",
+                       "--database-url", database_url, "--out", str(out)])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert REPORT_KEYS <= report.keys()
+    assert report["transfers_per_s"] > 0 and report["pgbench_tps"] > 0
+    assert report["ratio"] == report["transfers_per_s"] / report["pgbench_tps"]
+    assert report["ledger"]["invariants_ok"] is True
