@@ -31,7 +31,13 @@ test-faults: $(STAMP)
 	$(PY) -m pytest tests/faults
 
 ## bench: the benchmarks; results in loadtests/results/, figures in docs/performance.md
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.wlex-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,local,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) -m loadtests.bench_core
 	$(PY) -m loadtests.bench_ledger
 	$(PY) -m loadtests.bench_gateway
