@@ -24,9 +24,7 @@ import datetime
 import gc
 import heapq
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -36,6 +34,7 @@ from pathlib import Path
 
 from loadtests import workloads
 from loadtests.peers import load_peers
+from loadtests.report import commit, machine
 
 RESULTS = Path(__file__).parent / "results" / "bench_core.json"
 
@@ -328,29 +327,6 @@ def bench_memory(n: int, seed: int, batch: int) -> dict:
 
 
 # -- report ----------------------------------------------------------------------------
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent).stdout  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-    return sha + ("-dirty" if dirty.strip() else "")
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "platform": platform.platform()}
 
 
 def check_targets(report: dict) -> dict:

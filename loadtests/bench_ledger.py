@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from loadtests.bench_core import commit, machine
+from loadtests.report import commit, machine
 
 RESULTS = Path(__file__).parent / "results" / "bench_ledger.json"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import orjson
 
+from loadtests.report import commit, machine
 from services.devenv.ports import free_port_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +48,14 @@ def main() -> None:
     for run in range(args.runs):
         home = Path(tempfile.mkdtemp(prefix="wlex-startup-"))
         base = free_port_block(2 * args.brokers + 1)
-        env = dict(os.environ, WLEX_HOME=str(home), WLEX_KAFKA_PORT=str(base),
-                   WLEX_KAFKA_CONTROLLER_PORT=str(base + args.brokers),
-                   WLEX_POSTGRES_PORT=str(base + 2 * args.brokers),
-                   WLEX_HTTP_PORT_BASE=str(base + 2 * args.brokers + 1))
+        env = dict(
+            os.environ,
+            WLEX_HOME=str(home),
+            WLEX_KAFKA_PORT=str(base),
+            WLEX_KAFKA_CONTROLLER_PORT=str(base + args.brokers),
+            WLEX_POSTGRES_PORT=str(base + 2 * args.brokers),
+            WLEX_HTTP_PORT_BASE=str(base + 2 * args.brokers + 1),
+        )
         env.pop("WLEX_KAFKA_BOOTSTRAP", None)
         env.pop("WLEX_DATABASE_URL", None)
         up = [wlex, "dev", "up", "--brokers", str(args.brokers)]
@@ -62,8 +66,9 @@ def main() -> None:
         finally:
             subprocess.run([wlex, "dev", "down"], env=env, check=False, cwd=ROOT)
             shutil.rmtree(home, ignore_errors=True)
-        print(f"run {run + 1}/{args.runs}: cold {cold[-1]:.1f} s, warm {warm[-1]:.1f} s",
-              flush=True)
+        print(
+            f"run {run + 1}/{args.runs}: cold {cold[-1]:.1f} s, warm {warm[-1]:.1f} s", flush=True
+        )
     result = {
         "brokers": args.brokers,
         "runs": args.runs,
@@ -71,24 +76,17 @@ def main() -> None:
         "warm_start_s_median": round(statistics.median(warm), 2),
         "cold_start_s": [round(x, 2) for x in cold],
         "warm_start_s": [round(x, 2) for x in warm],
-        "python": platform.python_version(),
-        "cores": os.cpu_count(),
+        "machine": machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f"python -m loadtests.bench_startup --runs {args.runs} --brokers {args.brokers}",
-        "commit": _commit(),
+        "commit": commit(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(f"wlex dev up ({args.brokers} broker(s)): cold {result['cold_start_s_median']} s, "
-          f"warm {result['warm_start_s_median']} s (median of {args.runs})")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
+    print(
+        f"wlex dev up ({args.brokers} broker(s)): cold {result['cold_start_s_median']} s, "
+        f"warm {result['warm_start_s_median']} s (median of {args.runs})"
+    )
 
 
 if __name__ == "__main__":

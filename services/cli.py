@@ -16,12 +16,18 @@ from services.common.settings import get_settings
 from services.gateway import cli as gateway_cli
 from services.settlement import cli as settlement_cli
 
-app = typer.Typer(help="wlex, the open logistics trading exchange.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-dev = typer.Typer(help="The local runtime: Kafka, PostgreSQL and every service, on 127.0.0.1.",
-                  no_args_is_help=True)
-topics = typer.Typer(help="Kafka topics, as described in schemas/asyncapi.yaml.",
-                     no_args_is_help=True)
+app = typer.Typer(
+    help="wlex, the open logistics trading exchange.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+dev = typer.Typer(
+    help="The local runtime: Kafka, PostgreSQL and every service, on 127.0.0.1.",
+    no_args_is_help=True,
+)
+topics = typer.Typer(
+    help="Kafka topics, as described in schemas/asyncapi.yaml.", no_args_is_help=True
+)
 app.add_typer(dev, name="dev")
 app.add_typer(topics, name="topics")
 app.add_typer(gateway_cli.app, name="participants")
@@ -57,8 +63,13 @@ def _print_status(status: dict, as_json: bool) -> None:
 
 @dev.command("up")
 def dev_up(
-    brokers: Annotated[int, typer.Option(help="Kafka nodes: 1, or 3 for the fault tests' cluster "
-                                              "(replication 3, min.insync.replicas 2).")] = 1,
+    brokers: Annotated[
+        int,
+        typer.Option(
+            help="Kafka nodes: 1, or 3 for the fault tests' cluster "
+            "(replication 3, min.insync.replicas 2)."
+        ),
+    ] = 1,
     json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Start PostgreSQL, Kafka and every service in the background; wait until all are ready."""
@@ -113,8 +124,14 @@ def topics_create(
 
     settings = get_settings()
     bootstrap = settings.kafka_bootstrap or _stack().kafka_bootstrap
-    created = asyncio.run(create_topics(bootstrap, settings.topic_prefix, partitions=partitions,
-                                        replication_factor=replication_factor))
+    created = asyncio.run(
+        create_topics(
+            bootstrap,
+            settings.topic_prefix,
+            partitions=partitions,
+            replication_factor=replication_factor,
+        )
+    )
     for name in created:
         typer.echo(name)
 

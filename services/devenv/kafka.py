@@ -72,7 +72,11 @@ def fetch_jars(cache_dir: Path, version: str, *, log=print) -> Path:
         shutil.rmtree(libs)
     libs.mkdir(parents=True)
     cmd = [
-        mvn, "-q", "-B", "-f", str(POM),
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
         f"-Dkafka.version={version}",
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
@@ -182,10 +186,13 @@ def broker_command(libs: Path, properties: Path) -> list[str]:
     """The command line that runs one node in the foreground (the supervisor owns it)."""
     log_dir = properties.parent / "app-logs"
     return [
-        java_executable(), *JVM_OPTS,
+        java_executable(),
+        *JVM_OPTS,
         f"-Dkafka.logs.dir={log_dir}",
-        "-cp", str(libs / "*"),
-        "kafka.Kafka", str(properties),
+        "-cp",
+        str(libs / "*"),
+        "kafka.Kafka",
+        str(properties),
     ]
 
 
@@ -198,15 +205,18 @@ def console_classes(version: str) -> tuple[str, str]:
     """Main classes of the console producer and consumer: they moved out of the Scala core
     into kafka-tools with 4.0."""
     if int(version.split(".")[0]) >= 4:
-        return ("org.apache.kafka.tools.ConsoleProducer",
-                "org.apache.kafka.tools.consumer.ConsoleConsumer")
+        return (
+            "org.apache.kafka.tools.ConsoleProducer",
+            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        )
     return ("kafka.tools.ConsoleProducer", "org.apache.kafka.tools.consumer.ConsoleConsumer")
 
 
 def _storage_tool(java: str, classpath: str, args: list[str]) -> str:
     result = subprocess.run(
         [java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool", *args],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise RuntimeError(f"StorageTool {args[0]} failed: {result.stdout}{result.stderr}")

@@ -79,9 +79,20 @@ def prepare(node: PostgresNode) -> None:
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
         user = SYSTEM_USER
     subprocess.run(
-        [str(bin_dir() / "initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=UTF8",
-         "--locale=C", "-U", SUPERUSER],
-        check=True, capture_output=True, text=True, user=user,
+        [
+            str(bin_dir() / "initdb"),
+            "-D",
+            str(pgdata),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "-U",
+            SUPERUSER,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        user=user,
     )
 
 
@@ -90,16 +101,24 @@ def server_command(node: PostgresNode) -> list[str]:
     of 107 bytes breaks in deep CI directories, and loopback TCP is what services use)."""
     return [
         str(bin_dir() / "postgres"),
-        "-D", str(node.data_dir),
-        "-p", str(node.port),
-        "-h", "127.0.0.1",
-        "-c", "unix_socket_directories=",
-        "-c", "max_connections=200",
-        "-c", "shared_buffers=256MB",
+        "-D",
+        str(node.data_dir),
+        "-p",
+        str(node.port),
+        "-h",
+        "127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=200",
+        "-c",
+        "shared_buffers=256MB",
         # Durable by default: the fault tests restart PostgreSQL and expect every committed
         # ledger row back, so fsync and synchronous_commit stay on.
-        "-c", "fsync=on",
-        "-c", "logging_collector=off",
+        "-c",
+        "fsync=on",
+        "-c",
+        "logging_collector=off",
     ]
 
 

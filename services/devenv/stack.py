@@ -123,14 +123,17 @@ class Stack:
             d.mkdir(parents=True, exist_ok=True)
         libs = None
         if not self.config.external_kafka:
-            libs = kafka_runtime.fetch_jars(self.config.cache_dir, self.config.kafka_version,
-                                            log=self.log)
+            libs = kafka_runtime.fetch_jars(
+                self.config.cache_dir, self.config.kafka_version, log=self.log
+            )
         if not self.config.external_database:
             pg_runtime.prepare(self.pg)
         props = []
         if libs is not None:
             self._match_cluster_size()
-            props = kafka_runtime.prepare_nodes(libs, self.nodes, self.state_dir / "kafka" / "cluster.id")
+            props = kafka_runtime.prepare_nodes(
+                libs, self.nodes, self.state_dir / "kafka" / "cluster.id"
+            )
         self._write_conf(libs, props)
         self._ensure_supervisord()
         rpc = self._rpc()
@@ -178,8 +181,12 @@ class Stack:
                 return {"pid": None, "state": "STOPPED" if running else "DOWN"}
             return {"pid": info["pid"] or None, "state": info["statename"]}
 
-        kafka = {"bootstrap": self.kafka_bootstrap, "version": self.config.kafka_version,
-                 "external": bool(self.config.external_kafka), "brokers": {}}
+        kafka = {
+            "bootstrap": self.kafka_bootstrap,
+            "version": self.config.kafka_version,
+            "external": bool(self.config.external_kafka),
+            "brokers": {},
+        }
         if not self.config.external_kafka:
             kafka["brokers"] = {
                 str(n.node_id): {"bootstrap": n.bootstrap, **proc(f"kafka-{n.node_id}")}
@@ -215,7 +222,10 @@ class Stack:
         os.kill(pid, sig)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self._rpc().supervisor.getProcessInfo(program)["statename"] not in ("RUNNING", "STOPPING"):
+            if self._rpc().supervisor.getProcessInfo(program)["statename"] not in (
+                "RUNNING",
+                "STOPPING",
+            ):
                 return
             time.sleep(0.05)
         raise StackError(f"{program} did not die after signal {sig}")
@@ -230,8 +240,10 @@ class Stack:
         # started fresh instead of failing on a quorum that can never form.
         recorded = recorded_brokers(self.state_dir)
         if recorded not in (None, self.config.brokers):
-            self.log(f"the local cluster had {recorded} broker(s); starting a fresh "
-                     f"{self.config.brokers}-broker cluster (dev data only)")
+            self.log(
+                f"the local cluster had {recorded} broker(s); starting a fresh "
+                f"{self.config.brokers}-broker cluster (dev data only)"
+            )
             shutil.rmtree(self.state_dir / "kafka", ignore_errors=True)
         (self.state_dir / "kafka").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "kafka" / "brokers").write_text(str(self.config.brokers))
@@ -239,9 +251,16 @@ class Stack:
     # ---- supervisord -----------------------------------------------------------------
 
     def _write_conf(self, libs: Path | None, props: list[Path]) -> None:
-        def program(name: str, command: list[str], priority: int, *, stopsignal: str = "TERM",
-                    stopwait_s: int = 30, env: dict[str, str] | None = None,
-                    user: str | None = None) -> str:
+        def program(
+            name: str,
+            command: list[str],
+            priority: int,
+            *,
+            stopsignal: str = "TERM",
+            stopwait_s: int = 30,
+            env: dict[str, str] | None = None,
+            user: str | None = None,
+        ) -> str:
             lines = [
                 f"[program:{name}]",
                 "command=" + " ".join(_quote(c) for c in command),
@@ -287,12 +306,27 @@ class Stack:
         body = "\n".join(sections) + "\n"
         if not self.config.external_database:
             # SIGINT is PostgreSQL's "fast shutdown": abort sessions, checkpoint, exit.
-            body += program("postgres", pg_runtime.server_command(self.pg), 10,
-                            stopsignal="INT", user=pg_runtime.process_user()) + "\n"
+            body += (
+                program(
+                    "postgres",
+                    pg_runtime.server_command(self.pg),
+                    10,
+                    stopsignal="INT",
+                    user=pg_runtime.process_user(),
+                )
+                + "\n"
+            )
         if libs is not None:
             for node, prop in zip(self.nodes, props, strict=True):
-                body += program(f"kafka-{node.node_id}", kafka_runtime.broker_command(libs, prop),
-                                20, stopwait_s=60) + "\n"
+                body += (
+                    program(
+                        f"kafka-{node.node_id}",
+                        kafka_runtime.broker_command(libs, prop),
+                        20,
+                        stopwait_s=60,
+                    )
+                    + "\n"
+                )
         common_env = {
             "WLEX_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "WLEX_DATABASE_URL": self.database_url,
@@ -301,8 +335,10 @@ class Stack:
         }
         for index, (name, port) in enumerate(self.services().items()):
             env = dict(common_env, WLEX_SERVICE_NAME=name, WLEX_HTTP_PORT=str(port))
-            body += program(name, [sys.executable, "-m", f"services.{name}"], 50 + index,
-                            env=env) + "\n"
+            body += (
+                program(name, [sys.executable, "-m", f"services.{name}"], 50 + index, env=env)
+                + "\n"
+            )
         self.conf_file.write_text(body)
 
     def _supervisord_pid(self) -> int | None:
@@ -319,7 +355,8 @@ class Stack:
         self.socket.unlink(missing_ok=True)
         subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf_file)],
-            check=True, cwd=PROJECT_ROOT,
+            check=True,
+            cwd=PROJECT_ROOT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -354,8 +391,12 @@ class Stack:
             return
         import asyncpg
 
-        await _poll(lambda: asyncpg.connect(self.pg.admin_url, timeout=2),
-                    "postgres", self._check_alive("postgres"), close=True)
+        await _poll(
+            lambda: asyncpg.connect(self.pg.admin_url, timeout=2),
+            "postgres",
+            self._check_alive("postgres"),
+            close=True,
+        )
         await pg_runtime.ensure_database(self.pg)
 
     async def _wait_kafka(self) -> None:
@@ -364,18 +405,24 @@ class Stack:
         expected = len(self.nodes) if not self.config.external_kafka else 1
 
         async def cluster_ready():
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka_bootstrap,
-                                        request_timeout_ms=5000)
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.kafka_bootstrap, request_timeout_ms=5000
+            )
             await admin.start()
             try:
                 cluster = await admin.describe_cluster()
                 if len(cluster["brokers"]) < expected:
-                    raise ConnectionError(f"{len(cluster['brokers'])}/{expected} brokers registered")
+                    raise ConnectionError(
+                        f"{len(cluster['brokers'])}/{expected} brokers registered"
+                    )
             finally:
                 await admin.close()
 
-        checks = [self._check_alive(f"kafka-{n.node_id}") for n in self.nodes] \
-            if not self.config.external_kafka else []
+        checks = (
+            [self._check_alive(f"kafka-{n.node_id}") for n in self.nodes]
+            if not self.config.external_kafka
+            else []
+        )
         # aiokafka logs every refused connection at ERROR; while waiting those are expected.
         client_log = logging.getLogger("aiokafka")
         level = client_log.level
@@ -390,7 +437,8 @@ class Stack:
         from services.common.topics import create_topics
 
         await create_topics(
-            self.kafka_bootstrap, self.config.topic_prefix,
+            self.kafka_bootstrap,
+            self.config.topic_prefix,
             partitions=self.config.topic_partitions,
             replication_factor=min(3, len(self.nodes) or 1),
         )
@@ -404,6 +452,7 @@ class Stack:
                     response = await client.get(f"http://127.0.0.1:{port}/healthz")
                     if response.status_code != 200:
                         raise ConnectionError(f"/healthz answered {response.status_code}")
+
             await _poll(probe, name, self._check_alive(name))
 
         await asyncio.gather(*(healthy(n, p) for n, p in self.services().items()))
@@ -413,6 +462,7 @@ class Stack:
             state = self._rpc().supervisor.getProcessInfo(program)["statename"]
             if state not in ("RUNNING", "STARTING"):
                 raise StackError(f"{program} is {state}; see {self.log_dir / (program + '.log')}")
+
         return check
 
 

@@ -47,8 +47,12 @@ async def test_three_brokers_replicate_topics_and_transaction_log(cluster):
     try:
         assert len((await admin.describe_cluster())["brokers"]) == 3
         # A transaction makes the broker create its transaction state log.
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                    enable_idempotence=True, transactional_id="rf-probe")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            transactional_id="rf-probe",
+        )
         await producer.start()
         try:
             async with producer.transaction():
@@ -69,14 +73,16 @@ async def test_acknowledged_records_survive_kill_9_of_the_leader(cluster):
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, 1, 3, topic_configs={"min.insync.replicas": "2"})])
+        await admin.create_topics(
+            [NewTopic(topic, 1, 3, topic_configs={"min.insync.replicas": "2"})]
+        )
     finally:
         await admin.close()
     leader = await _leader_of(bootstrap, topic)
 
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
-        acks="all",               # acknowledged = written to min.insync.replicas brokers
+        acks="all",  # acknowledged = written to min.insync.replicas brokers
         enable_idempotence=True,  # a retry after the failover must not write a duplicate
         linger_ms=5,
         request_timeout_ms=10000,
@@ -89,7 +95,9 @@ async def test_acknowledged_records_survive_kill_9_of_the_leader(cluster):
     try:
         for start in range(0, MESSAGES, 200):
             assert time.monotonic() < deadline, "sending took too long"
-            futures = {i: await producer.send(topic, str(i).encode()) for i in range(start, start + 200)}
+            futures = {
+                i: await producer.send(topic, str(i).encode()) for i in range(start, start + 200)
+            }
             for i, future in futures.items():
                 try:
                     await future

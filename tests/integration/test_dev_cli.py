@@ -38,8 +38,13 @@ def _port_open(port: int) -> bool:
 def dev_env():
     home = new_state_dir("dev-cli")
     base = free_port_block(3)
-    env = dict(os.environ, WLEX_HOME=str(home), WLEX_KAFKA_PORT=str(base),
-               WLEX_KAFKA_CONTROLLER_PORT=str(base + 1), WLEX_POSTGRES_PORT=str(base + 2))
+    env = dict(
+        os.environ,
+        WLEX_HOME=str(home),
+        WLEX_KAFKA_PORT=str(base),
+        WLEX_KAFKA_CONTROLLER_PORT=str(base + 1),
+        WLEX_POSTGRES_PORT=str(base + 2),
+    )
     env.pop("WLEX_KAFKA_BOOTSTRAP", None)
     env.pop("WLEX_DATABASE_URL", None)
     # The jars are cached per home; reuse the project's cache instead of copying them again.
@@ -52,8 +57,9 @@ def dev_env():
 
 
 def _wlex(env, *args) -> str:
-    return subprocess.run([WLEX, *args], env=env, cwd=ROOT, check=True, capture_output=True,
-                          text=True, timeout=240).stdout
+    return subprocess.run(
+        [WLEX, *args], env=env, cwd=ROOT, check=True, capture_output=True, text=True, timeout=240
+    ).stdout
 
 
 def test_dev_up_status_outside_client_and_down(dev_env):
@@ -72,16 +78,35 @@ def test_dev_up_status_outside_client_and_down(dev_env):
     producer_class, consumer_class = kafka_runtime.console_classes(status["kafka"]["version"])
     line = f"hello-{uuid.uuid4().hex}"
     subprocess.run(
-        kafka_runtime.tool_command(libs, producer_class,
-                                   ["--bootstrap-server", bootstrap, "--topic", topic]),
-        input=line + "\n", text=True, check=True, capture_output=True, timeout=120,
+        kafka_runtime.tool_command(
+            libs, producer_class, ["--bootstrap-server", bootstrap, "--topic", topic]
+        ),
+        input=line + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     consumed = subprocess.run(
-        kafka_runtime.tool_command(libs, consumer_class,
-                                   ["--bootstrap-server", bootstrap, "--topic", topic,
-                                    "--from-beginning", "--max-messages", "1",
-                                    "--timeout-ms", "30000"]),
-        text=True, check=True, capture_output=True, timeout=120,
+        kafka_runtime.tool_command(
+            libs,
+            consumer_class,
+            [
+                "--bootstrap-server",
+                bootstrap,
+                "--topic",
+                topic,
+                "--from-beginning",
+                "--max-messages",
+                "1",
+                "--timeout-ms",
+                "30000",
+            ],
+        ),
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     assert line in consumed.stdout
 
