@@ -39,6 +39,7 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m loadtests.bench_core
+	$(PY) -m loadtests.bench_pipeline
 	$(PY) -m loadtests.bench_ledger
 	$(PY) -m loadtests.bench_gateway
 	$(PY) -m loadtests.bench_startup

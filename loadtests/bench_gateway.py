@@ -24,7 +24,6 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import orjson
 import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+
+from loadtests.report import commit, machine
 
 RESULTS = Path(__file__).parent / "results" / "bench_gateway.json"
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,11 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         # The clients, the servers, PostgreSQL and Kafka share the machine: its load says
         # how much of it this run had.
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(),
+        "commit": commit(),
         "clients": args.clients,
         "duration_s": args.duration,
         "post_loads": post,

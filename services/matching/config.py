@@ -1,0 +1,55 @@
+"""Settings of the matching service: the house Settings plus its own WLEX_MATCHING_* fields.
+
+Kept here rather than in services.common.settings because no other service reads them.
+The figures behind the defaults are in docs/matching-service.md ("Batching").
+"""
+
+from __future__ import annotations
+
+from services.common.settings import Settings
+
+
+class MatchingSettings(Settings):
+    # Static assignment (docs/matching-service.md "Why static assignment"): instance I
+    # of N owns the partitions p of `orders` with p % N == I. `--instance/--of` on the
+    # command line override these.
+    matching_instance: int = 0
+    matching_instances: int = 1
+
+    # One transaction per batch, of at most this many records. A transaction costs
+    # some five sequential broker round trips whatever its size, so under a backlog
+    # bigger batches amortise them (passthrough, 100,000 records, same broker: 24k/s
+    # at 2,000, 40k/s at 5,000); at a steady rate the batch is only what arrived during
+    # the previous commit, so the maximum does not add latency.
+    matching_batch_records_max: int = 5000
+    # Producer linger. The batch's records are appended to one BatchBuilder per
+    # partition and all handed over before the sender runs, so they leave in one
+    # request per broker anyway; lingering would only delay them.
+    matching_linger_ms: int = 0
+    # Producer batch per partition (bytes); a whole batch's events of one partition fit.
+    matching_max_batch_bytes: int = 1024 * 1024
+    # Consumer: bytes per partition per fetch (above any one record).
+    matching_fetch_partition_bytes: int = 4 * 1024 * 1024
+    # getmany's wait for the first record when idle.
+    matching_poll_timeout_ms: int = 50
+
+    # Snapshots: per partition, after this many commands or this many seconds with at
+    # least one command, whichever comes first. 0 disables the trigger.
+    matching_snapshot_every_commands: int = 200_000
+    matching_snapshot_interval_s: float = 300.0
+
+    # Clock source: a clock.tick per owned partition at this interval when the
+    # partition's engine clock lags the wall clock by more than it. 0 disables ticks.
+    matching_tick_interval_ms: int = 1000
+
+    # How long a restart may spend loading snapshots and replaying before giving up.
+    matching_recovery_timeout_s: float = 600.0
+
+    def owned_partitions(self, partition_count: int) -> list[int]:
+        """The partitions of `orders` this instance owns."""
+        n, i = self.matching_instances, self.matching_instance
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"instance {i} of {n}: need 0 <= instance < of")
+        if n > partition_count:
+            raise ValueError(f"{n} instances for {partition_count} partitions")
+        return [p for p in range(partition_count) if p % n == i]

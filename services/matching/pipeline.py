@@ -1,0 +1,246 @@
+"""Consume-transform-produce in Kafka transactions, to explicit output partitions.
+
+services.common.kafka_transactions does the same for (topic, key, envelope) outputs that
+the producer partitions by key. The engine needs two things more:
+- its outputs for input partition p go to partition p of `market` (same partition
+  count), so `market` partition p is exactly Engine.process over `orders` partition p,
+  byte for byte, including the outputs without a key (rejections of garbled commands),
+  which a key-hashing producer would scatter at random;
+- speed: outputs arrive already encoded and grouped by partition and go out through
+  producer.create_batch()/send_batch(), one BatchBuilder per partition, instead of one
+  awaited send() per record (aiokafka #216, #528). The passthrough benchmark runs the
+  same loop, so the pipeline/passthrough ratio measures the engine alone.
+
+The transaction holds the batch's outputs, its extras (engine snapshots), its dead
+letters and its input offsets: all visible to read_committed readers, or none.
+The traps this loop steps around are recorded in kafka_transactions (rewind after an
+abort, a new producer after an abort, every delivery future checked before the commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import ProducerFenced
+
+from services.common.kafka import Batch, decode_batch, send_dead_letters
+from services.common.kafka_transactions import TransactionAborted, rewind
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes | None, bytes]  # (key, value)
+Extra = tuple[str, int, bytes, bytes, list]  # (topic, partition, key, value, headers)
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What one batch produces: records per partition of the output topic, and extras."""
+
+    records: dict[int, list[Record]] = field(default_factory=dict)
+    extras: list[Extra] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # the transform's, for on_commit
+
+
+STOP_TIMEOUT_S = 5.0
+
+
+async def stop_client(client) -> None:
+    """client.stop(), bounded: with the broker gone a producer's stop() waits for a
+    flush that never comes, and the process would outlive its shutdown timeout."""
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await client.stop()
+    except TimeoutError:
+        log.warning("%s did not stop within %.0fs", type(client).__name__, STOP_TIMEOUT_S)
+
+
+def raw_batch(fetched) -> Batch:
+    """A Batch of undecoded records (the passthrough's): messages stay empty."""
+    batch = Batch(fetched_at_s=time.perf_counter())
+    for tp, records in fetched.items():
+        if records:
+            batch.first_offsets[tp] = records[0].offset
+            batch.offsets[tp] = records[-1].offset + 1
+            batch.records.extend(records)
+    return batch
+
+
+async def send_records(
+    producer: AIOKafkaProducer, topic: str, partition: int, records: list[Record]
+) -> list[asyncio.Future]:
+    """Queues records to one partition in as few BatchBuilders as they fit in."""
+    futures = []
+    builder = producer.create_batch()
+    for key, value in records:
+        if builder.append(key=key, value=value, timestamp=None) is None:
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
+    if builder.record_count():
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+    return futures
+
+
+@dataclass
+class Pipeline:
+    """One transactional consume-transform-produce loop; see run()."""
+
+    consumer: AIOKafkaConsumer  # statically assigned, unstarted
+    new_producer: Callable[[], AIOKafkaProducer]  # transactional, unstarted
+    transform: Callable[[Batch], Outputs]
+    out_topic: str
+    group_id: str
+    dlq_topic: str
+    source: str
+    validate: Callable[[Any], None] | None  # None: pass records through undecoded
+    batch_records_max: int = 2000
+    poll_timeout_ms: int = 50
+    on_start: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None
+    on_commit: Callable[[Batch, Outputs, float], None] | None = None  # (.., commit_s)
+    on_abort: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None
+    aborts_in_a_row_max: int = 5
+    producer: AIOKafkaProducer | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start the producer (InitProducerId fences the previous owner of the
+        transactional id and settles its open transaction), then the consumer (whose
+        committed offsets are now final), then on_start; loop until stop is set.
+
+        While one batch's transaction is in flight (some five broker round trips:
+        AddPartitionsToTxn, Produce, AddOffsetsToTxn, TxnOffsetCommit, EndTxn), the
+        next batch is fetched and transformed: the CPU work hides behind the waits.
+        The transform's state then runs one batch ahead of what is committed, which
+        on_abort must undo (it gets the consumer put back to the first uncommitted
+        record of every partition)."""
+        self.producer = self.new_producer()
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+            try:
+                if self.on_start is not None:
+                    await self.on_start(self.consumer)
+                await self._loop(stop)
+            finally:
+                await stop_client(self.consumer)
+        finally:
+            await stop_client(self.producer)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        pending: tuple[Batch, Outputs] | None = None
+        aborts = 0
+        while True:
+            if pending is None:
+                if stop.is_set():
+                    return
+                batch = await self.fetch()
+                if not len(batch):
+                    continue
+                pending = (batch, self._transform(batch))
+            batch, outputs = pending
+            committing = asyncio.create_task(self.commit(batch, outputs))
+            nxt: Batch | None = None
+            nxt_outputs = None
+            try:
+                if not stop.is_set():
+                    nxt = await self.fetch()
+                    if len(nxt):
+                        nxt_outputs = self._transform(nxt)
+                    else:
+                        nxt = None
+            except BaseException:
+                if isinstance(committing, asyncio.Task) and not committing.done():
+                    committing.cancel()  # the next producer of the id aborts it
+                with contextlib.suppress(BaseException):
+                    await committing
+                raise
+            try:
+                await committing
+            except TransactionAborted:
+                aborts += 1
+                log.warning("batch aborted (%d in a row)", aborts, exc_info=True)
+                if nxt is not None:
+                    # Back to the first uncommitted record everywhere: the batch's start
+                    # (again: the next fetch may have run after commit()'s rewind), and
+                    # for partitions only in the next batch, its start.
+                    for tp, first in nxt.first_offsets.items():
+                        if tp not in batch.first_offsets:
+                            self.consumer.seek(tp, first)
+                    rewind(self.consumer, batch)
+                if aborts >= self.aborts_in_a_row_max:
+                    raise
+                await stop_client(self.producer)
+                self.producer = self.new_producer()
+                await self.producer.start()
+                if self.on_abort is not None:
+                    await self.on_abort(self.consumer)
+                pending = None
+                continue
+            except BaseException:
+                if nxt is not None:
+                    rewind(self.consumer, nxt)
+                raise
+            aborts = 0
+            pending = (nxt, nxt_outputs) if nxt is not None else None
+
+    def _transform(self, batch: Batch) -> Outputs:
+        try:
+            return self.transform(batch)
+        except Exception:
+            rewind(self.consumer, batch)
+            raise
+
+    async def fetch(self) -> Batch:
+        fetched = await self.consumer.getmany(
+            timeout_ms=self.poll_timeout_ms, max_records=self.batch_records_max
+        )
+        if self.validate is None:
+            return raw_batch(fetched)
+        return decode_batch(fetched, self.validate)
+
+    async def commit(self, batch: Batch, outputs: Outputs) -> None:
+        """One transaction: outputs, dead letters, offsets. On failure abort, rewind the
+        consumer to the batch's start and raise TransactionAborted (ProducerFenced and a
+        failed abort as they are: the producer is then unusable)."""
+        consumer, producer = self.consumer, self.producer
+        await producer.begin_transaction()
+        try:
+            futures = []
+            for partition, records in outputs.records.items():
+                if records:
+                    futures += await send_records(producer, self.out_topic, partition, records)
+            for topic, partition, key, value, headers in outputs.extras:
+                futures.append(
+                    await producer.send(topic, value, key=key, partition=partition, headers=headers)
+                )
+            futures += await send_dead_letters(
+                producer, batch.dead, self.dlq_topic, group_id=self.group_id, source=self.source
+            )
+            await producer.send_offsets_to_transaction(batch.offsets, self.group_id)
+            # A refused record fails its future, not the transaction: check them all
+            # before committing, or the commit would keep the rest (a torn batch).
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            refused = next((r for r in results if isinstance(r, BaseException)), None)
+            if refused is not None:
+                raise refused
+            committing = time.perf_counter()
+            await producer.commit_transaction()
+            commit_s = time.perf_counter() - committing
+        except ProducerFenced:
+            raise
+        except Exception as exc:
+            try:
+                await producer.abort_transaction()
+            except Exception as abort_exc:
+                raise RuntimeError(f"abort failed after {exc!r}") from abort_exc
+            rewind(consumer, batch)
+            raise TransactionAborted(f"batch of {len(batch)} records: {exc!r}") from exc
+        if self.on_commit is not None:
+            self.on_commit(batch, outputs, commit_s)
