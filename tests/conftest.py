@@ -48,7 +48,11 @@ def start_stack(state_dir: Path, brokers: int = 1, *, external: bool = True) -> 
         with_services=False,
     )
     stack = Stack(config, log=lambda msg: print(f"[stack] {msg}"))
-    stack.up()
+    try:
+        stack.up()
+    except BaseException:
+        stack.down()  # a half-started stack must not outlive the test run
+        raise
     return stack
 
 
