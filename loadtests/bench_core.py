@@ -34,7 +34,7 @@ from pathlib import Path
 
 from loadtests import workloads
 from loadtests.peers import load_peers
-from loadtests.report import commit, machine
+from loadtests.report import check_targets, commit, machine
 
 RESULTS = Path(__file__).parent / "results" / "bench_core.json"
 
@@ -329,15 +329,6 @@ def bench_memory(n: int, seed: int, batch: int) -> dict:
 # -- report ----------------------------------------------------------------------------
 
 
-def check_targets(report: dict) -> dict:
-    out = {}
-    for key, (op, bound) in TARGETS.items():
-        value = report.get(key)
-        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        out[key] = {"target": f"{op} {bound}", "value": value, "met": met}
-    return out
-
-
 def print_table(report: dict) -> None:
     po = report["price_only"]
     rows = [("wlex engine", po["engine"]["ops_per_s"], po["engine"]["trades"])]
@@ -463,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gc": "collected and frozen before each timed run, enabled during it",
         "wall_s": None,
     }  # fmt: skip
-    report["targets"] = check_targets(report)
+    report["targets"] = check_targets(report, TARGETS)
     report["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from loadtests.report import commit, machine
+from loadtests.report import check_targets, commit, machine
 
 RESULTS = Path(__file__).parent / "results" / "bench_ledger.json"
 
@@ -310,15 +310,6 @@ async def _drop_database(url: str, name: str) -> None:
 # -- the report ---------------------------------------------------------------------------
 
 
-def check_targets(report: dict) -> dict:
-    out = {}
-    for key, (op, bound) in TARGETS.items():
-        value = report.get(key)
-        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        out[key] = {"target": f"{op} {bound}", "value": value, "met": met}
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench_ledger",
                                      description=__doc__.split("\n")[0])  # fmt: skip
@@ -363,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),  # fmt: skip
         "duration_s": time.perf_counter() - started,
     }
-    report["targets"] = check_targets(report)
+    report["targets"] = check_targets(report, TARGETS)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     say(f"transfers_per_s {report['transfers_per_s']:,.0f}  pgbench_tps {report['pgbench_tps']:,.0f}"

@@ -41,7 +41,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from loadtests import workloads
-from loadtests.report import commit, machine
+from loadtests.report import check_targets, commit, machine
 from services.common.envelope import encode
 from services.common.kafka import (
     make_consumer,
@@ -569,15 +569,6 @@ async def bench(bootstrap: str, args) -> dict:
     return report
 
 
-def check_targets(report: dict) -> dict:
-    out = {}
-    for key, (op, target) in TARGETS.items():
-        value = report.get(key)
-        met = None if value is None else (value >= target if op == ">=" else value <= target)
-        out[key] = {"value": value, "target": f"{op} {target}", "met": met}
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.bench_pipeline", description=__doc__.split("\n")[0]
@@ -621,7 +612,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if stack is not None:
             stack.down()
-    report["targets"] = check_targets(report)
+    report["targets"] = check_targets(report, TARGETS)
     report["duration_s"] = time.perf_counter() - started
     report["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["machine"] = machine()  # the load average at the end of the run

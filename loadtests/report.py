@@ -41,3 +41,14 @@ def machine() -> dict:
         "python": platform.python_version(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def check_targets(report: dict, targets: dict[str, tuple[str, float]]) -> dict:
+    """{key: {"target": ">= 1.5", "value": v, "met": bool | None}} for each target
+    (op, bound); met is None when the report has no value for the key."""
+    out = {}
+    for key, (op, bound) in targets.items():
+        value = report.get(key)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[key] = {"target": f"{op} {bound}", "value": value, "met": met}
+    return out

@@ -56,6 +56,57 @@ def rewind(consumer: AIOKafkaConsumer, batch: Batch) -> None:
         consumer.seek(tp, first)
 
 
+async def commit_in_transaction(
+    consumer: AIOKafkaConsumer,
+    producer: AIOKafkaProducer,
+    batch: Batch,
+    send_outputs: Callable[[], Awaitable[list[asyncio.Future]]],
+    *,
+    group_id: str,
+    dlq_topic: str,
+    source: str,
+) -> float:
+    """ONE transaction: what send_outputs() sends (it returns the send futures), the
+    batch's dead letters and the batch's offsets for group_id. Returns the seconds the
+    commit call took.
+
+    On failure the transaction is aborted, the consumer rewound to the batch's start and
+    TransactionAborted raised; the producer should then be replaced (see
+    run_transactional). ProducerFenced (a twin took our transactional id) and a failed
+    abort are raised as they are: the producer is unusable and the process should stop.
+    """
+    await producer.begin_transaction()
+    try:
+        futures = await send_outputs()
+        futures += await send_dead_letters(
+            producer, batch.dead, dlq_topic, group_id=group_id, source=source
+        )
+        await producer.send_offsets_to_transaction(batch.offsets, group_id)
+        # aiokafka does not fail the transaction when the broker refuses a record: it
+        # fails that record's future (and, by its sequence number, every later one to
+        # the same partition), and commit_transaction() would still commit the rest,
+        # a torn batch. So every future is checked before the commit.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        refused = next((r for r in results if isinstance(r, BaseException)), None)
+        if refused is not None:
+            raise refused
+        committing = time.perf_counter()
+        await producer.commit_transaction()
+        return time.perf_counter() - committing
+    except ProducerFenced:
+        raise
+    except Exception as exc:
+        try:
+            await producer.abort_transaction()
+        except Exception as abort_exc:
+            # Say the commit's outcome is unknown: the transaction is now the broker's
+            # to settle, and our next producer with this transactional id aborts or
+            # completes it at init. This producer is done.
+            raise RuntimeError(f"abort failed after {exc!r}") from abort_exc
+        rewind(consumer, batch)
+        raise TransactionAborted(f"batch of {len(batch)} records: {exc!r}") from exc
+
+
 async def commit_batch(
     consumer: AIOKafkaConsumer,
     producer: AIOKafkaProducer,
@@ -85,36 +136,20 @@ async def commit_batch(
     except Exception:
         rewind(consumer, batch)
         raise
-    await producer.begin_transaction()
     try:
-        futures = await send_all(producer, outputs)
-        futures += await send_dead_letters(
-            producer, batch.dead, dlq_topic, group_id=group_id, source=source
+        await commit_in_transaction(
+            consumer,
+            producer,
+            batch,
+            lambda: send_all(producer, outputs),
+            group_id=group_id,
+            dlq_topic=dlq_topic,
+            source=source,
         )
-        await producer.send_offsets_to_transaction(batch.offsets, group_id)
-        # aiokafka does not fail the transaction when the broker refuses a record: it
-        # fails that record's future (and, by its sequence number, every later one to
-        # the same partition), and commit_transaction() would still commit the rest,
-        # a torn batch. So every future is checked before the commit.
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        refused = next((r for r in results if isinstance(r, BaseException)), None)
-        if refused is not None:
-            raise refused
-        await producer.commit_transaction()
-    except ProducerFenced:
-        raise
-    except Exception as exc:
-        try:
-            await producer.abort_transaction()
-        except Exception as abort_exc:
-            # Say the commit's outcome is unknown: the transaction is now the broker's
-            # to settle, and our next producer with this transactional id aborts or
-            # completes it at init. This producer is done.
-            raise RuntimeError(f"abort failed after {exc!r}") from abort_exc
-        rewind(consumer, batch)
+    except TransactionAborted:
         if metrics is not None:
             metrics.transactions.labels("aborted").inc()
-        raise TransactionAborted(f"batch of {len(batch)} records: {exc!r}") from exc
+        raise
     if metrics is not None:
         metrics.transactions.labels("committed").inc()
         count_produced(metrics, outputs)

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import ProducerFenced
 
-from services.common.kafka import Batch, decode_batch, send_dead_letters
-from services.common.kafka_transactions import TransactionAborted, rewind
+from services.common.kafka import Batch, decode_batch
+from services.common.kafka_transactions import TransactionAborted, commit_in_transaction, rewind
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +208,9 @@ class Pipeline:
         """One transaction: outputs, dead letters, offsets. On failure abort, rewind the
         consumer to the batch's start and raise TransactionAborted (ProducerFenced and a
         failed abort as they are: the producer is then unusable)."""
-        consumer, producer = self.consumer, self.producer
-        await producer.begin_transaction()
-        try:
+        producer = self.producer
+
+        async def send_outputs() -> list[asyncio.Future]:
             futures = []
             for partition, records in outputs.records.items():
                 if records:
@@ -220,27 +219,16 @@ class Pipeline:
                 futures.append(
                     await producer.send(topic, value, key=key, partition=partition, headers=headers)
                 )
-            futures += await send_dead_letters(
-                producer, batch.dead, self.dlq_topic, group_id=self.group_id, source=self.source
-            )
-            await producer.send_offsets_to_transaction(batch.offsets, self.group_id)
-            # A refused record fails its future, not the transaction: check them all
-            # before committing, or the commit would keep the rest (a torn batch).
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            refused = next((r for r in results if isinstance(r, BaseException)), None)
-            if refused is not None:
-                raise refused
-            committing = time.perf_counter()
-            await producer.commit_transaction()
-            commit_s = time.perf_counter() - committing
-        except ProducerFenced:
-            raise
-        except Exception as exc:
-            try:
-                await producer.abort_transaction()
-            except Exception as abort_exc:
-                raise RuntimeError(f"abort failed after {exc!r}") from abort_exc
-            rewind(consumer, batch)
-            raise TransactionAborted(f"batch of {len(batch)} records: {exc!r}") from exc
+            return futures
+
+        commit_s = await commit_in_transaction(
+            self.consumer,
+            producer,
+            batch,
+            send_outputs,
+            group_id=self.group_id,
+            dlq_topic=self.dlq_topic,
+            source=self.source,
+        )
         if self.on_commit is not None:
             self.on_commit(batch, outputs, commit_s)
