@@ -4,7 +4,9 @@ limit, each side as sorted price levels of FIFO queues.
 Why this layout: matching asks "best price first, earliest first, but only if it fits".
 The best-priced order may not be eligible (too heavy, windows apart), so the scan walks
 price levels in order and orders within a level in arrival order, skipping what does
-not fit. A heap cannot be walked in order without popping; sorted levels can. A level is
+not fit. A heap cannot be walked in order without popping; sorted levels can. A level of
+one order is that order itself (freight prices are continuous, so most levels are: no
+one-element list to allocate, keep and have the garbage collector walk). A level is
 a list while it is short and a deque once it reaches LONG_LEVEL orders: an empty deque
 costs ~600 bytes (one 64-slot block), which would dominate a book of sparse prices where
 most levels hold one or two orders, while deleting the front of a short list is a tiny
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+
+from services.matching.orders import Load, Offer
 
 # Compact a book when its dead entries exceed both this and its live orders.
 _GARBAGE_MIN = 64
@@ -54,9 +58,9 @@ class Book:
         self.destination = destination
         self.vehicle_class = vehicle_class
         self.offer_prices = []  # ascending asks with a non-empty level
-        self.offer_levels = {}  # ask_fen -> deque[Offer] in arrival order
+        self.offer_levels = {}  # ask_fen -> Offer (a level of one) | list | deque
         self.load_prices = []  # ascending limits; walked from the top
-        self.load_levels = {}  # limit_fen -> deque[Load] in arrival order
+        self.load_levels = {}  # limit_fen -> Load | list | deque, in arrival order
         self.size = 0  # live resting orders, both sides
         self.garbage = 0  # dead entries still inside the queues
 
@@ -71,25 +75,33 @@ class Book:
     # -- resting ---------------------------------------------------------------------
 
     def add_offer(self, offer) -> None:
-        level = self.offer_levels.get(offer.ask_fen)
+        levels = self.offer_levels
+        price = offer.ask_fen
+        level = levels.get(price)
         if level is None:
-            self.offer_levels[offer.ask_fen] = [offer]
-            insort(self.offer_prices, offer.ask_fen)
+            levels[price] = offer  # a level of one is the order itself
+            insort(self.offer_prices, price)
+        elif type(level) is Offer:
+            levels[price] = [level, offer]
         else:
             level.append(offer)
             if len(level) == LONG_LEVEL and type(level) is list:
-                self.offer_levels[offer.ask_fen] = deque(level)
+                levels[price] = deque(level)
         self.size += 1
 
     def add_load(self, load) -> None:
-        level = self.load_levels.get(load.limit_fen)
+        levels = self.load_levels
+        price = load.limit_fen
+        level = levels.get(price)
         if level is None:
-            self.load_levels[load.limit_fen] = [load]
-            insort(self.load_prices, load.limit_fen)
+            levels[price] = load
+            insort(self.load_prices, price)
+        elif type(level) is Load:
+            levels[price] = [level, load]
         else:
             level.append(load)
             if len(level) == LONG_LEVEL and type(level) is list:
-                self.load_levels[load.limit_fen] = deque(level)
+                levels[price] = deque(level)
         self.size += 1
 
     def remove_offer(self, offer) -> None:
@@ -105,6 +117,10 @@ class Book:
 
     def _unlink(self, order, price, levels, prices) -> None:
         level = levels[price]
+        if level is order:  # a level of one
+            del levels[price]
+            del prices[bisect_left(prices, price)]
+            return
         if level[0] is order:
             # Pop it and the dead run behind it, so a level's front is always live.
             if type(level) is list:
@@ -134,7 +150,10 @@ class Book:
             (self.load_levels, self.load_prices),
         ):
             for price in list(prices):
-                level = [o for o in levels[price] if o.live]
+                level = levels[price]
+                if type(level) is Offer or type(level) is Load:
+                    continue  # a level of one is always live
+                level = [o for o in level if o.live]
                 if len(level) >= LONG_LEVEL:
                     levels[price] = deque(level)
                 elif level:
@@ -153,7 +172,17 @@ class Book:
         for price in prices:
             if price > limit_fen:
                 return None
-            for offer in levels[price]:
+            level = levels[price]
+            if type(level) is Offer:
+                if (
+                    weight_kg <= level.remaining_kg
+                    and volume_dm3 <= level.remaining_dm3
+                    and level.available_from <= pickup_to
+                    and pickup_from <= level.available_to
+                ):
+                    return level
+                continue
+            for offer in level:
                 if (
                     offer.live
                     and weight_kg <= offer.remaining_kg
@@ -164,19 +193,15 @@ class Book:
                     return offer
         return None
 
-    def best_loads(self, offer, consolidate):
-        """The resting market loads `offer` takes, in the order it takes them.
+    def best_loads(self, ask, rem_kg, rem_dm3, avail_from, avail_to, consolidate):
+        """The resting market loads an offer takes (ask, remainders, availability), in
+        the order it takes them.
 
         Each time the taker picks the eligible load with the highest limit, earliest
         first. Its remainders only shrink, so a load that does not fit now never fits
         later: one walk down the levels gives the same loads as repeated "best" searches.
         The caller updates the offer and removes the loads.
         """
-        ask = offer.ask_fen
-        rem_kg = offer.remaining_kg
-        rem_dm3 = offer.remaining_dm3
-        avail_from = offer.available_from
-        avail_to = offer.available_to
         prices = self.load_prices
         levels = self.load_levels
         taken = []
@@ -185,7 +210,10 @@ class Book:
             price = prices[i]
             if price < ask:
                 break
-            for load in levels[price]:
+            level = levels[price]
+            if type(level) is Load:
+                level = (level,)
+            for load in level:
                 if (
                     load.live
                     and load.weight_kg <= rem_kg

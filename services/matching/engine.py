@@ -51,6 +51,10 @@ REF_FIELD = {
 # far more participants than the exchange registers).
 _NAMES_MAX = 1 << 17
 
+# Event id suffixes ":0", ":1", ...: a table lookup is twice as fast as formatting.
+_NIX = 256
+_IX = tuple(f":{i}" for i in range(_NIX))
+
 # An auction's bid heap is rebuilt when withdrawn entries exceed this and the live ones.
 _BIDS_DEAD_MIN = 32
 
@@ -67,7 +71,7 @@ class Engine:
         self.loads = {}  # load_id -> Load (resting market load) | Auction (open)
         self.offers = {}  # offer_id -> Offer (resting)
         self.bids = {}  # bid_id -> Bid (live, in an open auction)
-        self.timers = Timers()
+        self.timers = Timers(self.loads, self.offers)
         # One string object per participant id: a shipper or carrier with thousands of
         # resting orders then holds its id once, not once per order (~50 bytes each).
         # Not state: only object identity depends on it, so it is not in the snapshot.
@@ -176,7 +180,7 @@ class Engine:
                 ref = order.offer_id
             out.append(
                 {
-                    "id": f"{cid}:{len(out) - base}",
+                    "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                     "type": "order.expired",
                     "v": 1,
                     "ts": now,
@@ -224,8 +228,12 @@ class Engine:
             return _reject(out, base, cid, key, load_id, EXPIRED, now)
         if load_id in self.loads:
             return _reject(out, base, cid, key, load_id, DUPLICATE_ID, now)
-        book = self._book(parts)
-        shipper_id = self._name(shipper_id)
+        book = self.books.get(parts[3])
+        if book is None:
+            book = self._book(parts)
+        names = self._names
+        interned = names.get(shipper_id)
+        shipper_id = self._name(shipper_id) if interned is None else interned
         self.seq = seq = self.seq + 1
         if auction is not None:
             closes_at, reserve_fen, instant_fen, sealed = auction
@@ -234,7 +242,7 @@ class Engine:
             self.timers.add_close(closes_at, seq, a)
             out.append(
                 {
-                    "id": f"{cid}:{len(out) - base}",
+                    "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                     "type": "auction.opened",
                     "v": 1,
                     "ts": now,
@@ -259,7 +267,7 @@ class Engine:
                 self.timers.forget()
             out.append(
                 {
-                    "id": f"{cid}:{len(out) - base}",
+                    "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                     "type": "deal.made",
                     "v": 1,
                     "ts": now,
@@ -274,7 +282,11 @@ class Engine:
                         "shipper_id": shipper_id,
                         "carrier_id": offer.carrier_id,
                         "price_fen": offer.ask_fen,
-                        "lane": book.lane(),
+                        "lane": {
+                            "origin": book.origin,
+                            "destination": book.destination,
+                            "vehicle_class": book.vehicle_class,
+                        },
                     },
                 }
             )
@@ -284,10 +296,10 @@ class Engine:
         )
         book.add_load(load)
         self.loads[load_id] = load
-        self.timers.add_expiry(pickup_to, seq, load)
+        self.timers.add_expiry(pickup_to, seq, load_id)
         out.append(
             {
-                "id": f"{cid}:{len(out) - base}",
+                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                 "type": "load.rested",
                 "v": 1,
                 "ts": now,
@@ -319,35 +331,36 @@ class Engine:
             return _reject(out, base, cid, key, offer_id, EXPIRED, now)
         if offer_id in self.offers:
             return _reject(out, base, cid, key, offer_id, DUPLICATE_ID, now)
-        book = self._book(parts)
-        carrier_id = self._name(carrier_id)
+        book = self.books.get(parts[3])
+        if book is None:
+            book = self._book(parts)
+        names = self._names
+        interned = names.get(carrier_id)
+        carrier_id = self._name(carrier_id) if interned is None else interned
         self.seq = seq = self.seq + 1
-        offer = Offer(
-            offer_id,
-            carrier_id,
-            book,
-            capacity_kg,
-            capacity_dm3,
-            available_from,
-            available_to,
-            ask_fen,
-            consolidate,
-            seq,
+        rem_kg = capacity_kg
+        rem_dm3 = capacity_dm3
+        # The Offer object is built only if it rests: most takers trade out at once.
+        taken = (
+            book.best_loads(
+                ask_fen, capacity_kg, capacity_dm3, available_from, available_to, consolidate
+            )
+            if book.load_prices
+            else None
         )
-        taken = book.best_loads(offer, consolidate) if book.load_prices else None
         if taken:
             loads = self.loads
             timers = self.timers
             bkey = book.key
             for load in taken:
-                offer.remaining_kg -= load.weight_kg
-                offer.remaining_dm3 -= load.volume_dm3
+                rem_kg -= load.weight_kg
+                rem_dm3 -= load.volume_dm3
                 book.remove_load(load)
                 del loads[load.load_id]
                 timers.forget()
                 out.append(
                     {
-                        "id": f"{cid}:{len(out) - base}",
+                        "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                         "type": "deal.made",
                         "v": 1,
                         "ts": now,
@@ -362,18 +375,34 @@ class Engine:
                             "shipper_id": load.shipper_id,
                             "carrier_id": carrier_id,
                             "price_fen": load.limit_fen,
-                            "lane": book.lane(),
+                            "lane": {
+                                "origin": book.origin,
+                                "destination": book.destination,
+                                "vehicle_class": book.vehicle_class,
+                            },
                         },
                     }
                 )
-            if not (consolidate and offer.remaining_kg > 0 and offer.remaining_dm3 > 0):
+            if not (consolidate and rem_kg > 0 and rem_dm3 > 0):
                 return None
+        offer = Offer(
+            offer_id,
+            carrier_id,
+            book,
+            rem_kg,
+            rem_dm3,
+            available_from,
+            available_to,
+            ask_fen,
+            consolidate,
+            seq,
+        )
         book.add_offer(offer)
         self.offers[offer_id] = offer
-        self.timers.add_expiry(available_to, seq, offer)
+        self.timers.add_expiry(available_to, seq, offer_id)
         out.append(
             {
-                "id": f"{cid}:{len(out) - base}",
+                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                 "type": "offer.rested",
                 "v": 1,
                 "ts": now,
@@ -382,8 +411,8 @@ class Engine:
                 "cause": cid,
                 "data": {
                     "offer_id": offer_id,
-                    "remaining_kg": offer.remaining_kg,
-                    "remaining_dm3": offer.remaining_dm3,
+                    "remaining_kg": rem_kg,
+                    "remaining_dm3": rem_dm3,
                 },
             }
         )
@@ -421,7 +450,7 @@ class Engine:
             best_fen = price_fen if best is None or price_fen < best else best
         out.append(
             {
-                "id": f"{cid}:{len(out) - base}",
+                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                 "type": "bid.accepted",
                 "v": 1,
                 "ts": now,
@@ -463,7 +492,7 @@ class Engine:
         self.timers.forget()
         out.append(
             {
-                "id": f"{cid}:{len(out) - base}",
+                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                 "type": "order.cancelled",
                 "v": 1,
                 "ts": now,
@@ -491,7 +520,7 @@ class Engine:
         self.timers.forget()
         out.append(
             {
-                "id": f"{cid}:{len(out) - base}",
+                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                 "type": "order.cancelled",
                 "v": 1,
                 "ts": now,
@@ -524,7 +553,7 @@ class Engine:
             a.dead = 0
         out.append(
             {
-                "id": f"{cid}:{len(out) - base}",
+                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                 "type": "order.cancelled",
                 "v": 1,
                 "ts": now,
@@ -554,7 +583,7 @@ class Engine:
             price_fen = winner.price_fen
             out.append(
                 {
-                    "id": f"{cid}:{len(out) - base}",
+                    "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                     "type": "deal.made",
                     "v": 1,
                     "ts": now,
@@ -575,7 +604,7 @@ class Engine:
             )
         out.append(
             {
-                "id": f"{cid}:{len(out) - base}",
+                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
                 "type": "auction.closed",
                 "v": 1,
                 "ts": now,
@@ -596,6 +625,16 @@ class Engine:
                 del bids[bid.bid_id]
         a.bids = []
         a.dead = 0
+
+    # -- gauges ----------------------------------------------------------------------
+
+    def order_counts(self) -> tuple[int, int]:
+        """(resting orders, open auctions): resting market loads and offers, and auction
+        loads still taking bids. For the adapter's gauges; reads, never changes."""
+        # Every open auction has exactly one live entry in the closes heap, which is far
+        # shorter than the loads dict (cancelled ones linger there, marked dead).
+        open_auctions = sum(1 for entry in self.timers.closes if entry[2].live)
+        return len(self.loads) - open_auctions + len(self.offers), open_auctions
 
     # -- snapshot --------------------------------------------------------------------
 
@@ -632,7 +671,7 @@ def _clock_tick(data, out, base, cid, key) -> None:
 def _reject(out, base, cid, key, ref_id, reason, now) -> None:
     out.append(
         {
-            "id": f"{cid}:{len(out) - base}",
+            "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
             "type": "order.rejected",
             "v": 1,
             "ts": now,

@@ -356,11 +356,9 @@ class MatchingService:
     def update_gauges(self) -> None:
         resting = auctions = 0
         for engine in self.engines.values():
-            # The closes heap holds only auctions (dead entries are bounded): cheaper
-            # than a walk over every load.
-            open_ = sum(1 for entry in engine.timers.closes if entry[2].live)
-            auctions += open_
-            resting += len(engine.loads) - open_ + len(engine.offers)
+            engine_resting, engine_auctions = engine.order_counts()
+            resting += engine_resting
+            auctions += engine_auctions
         self.metrics.resting_orders.set(resting)
         self.metrics.open_auctions.set(auctions)
         now = wall_ms()

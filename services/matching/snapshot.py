@@ -131,7 +131,7 @@ def load(engine, data: bytes) -> None:
             load_ = Load(row[1], row[2], book, row[6], row[7], row[8], row[9], row[10], seq)
             book.add_load(load_)
             engine.loads[load_.load_id] = load_
-            expiries.append((load_.pickup_to, seq, load_))
+            expiries.append((load_.pickup_to, seq, load_.load_id))
     for row in state["offers"]:
         book = engine._book((row[3], row[4], row[5], f"{row[3]}>{row[4]}>{row[5]}"))
         offer = Offer(
@@ -139,7 +139,7 @@ def load(engine, data: bytes) -> None:
         )
         book.add_offer(offer)
         engine.offers[offer.offer_id] = offer
-        expiries.append((offer.available_to, offer.seq, offer))
+        expiries.append((offer.available_to, offer.seq, offer.offer_id))
     heapify(expiries)
     heapify(closes)
     engine.timers.expiries = expiries
