@@ -178,18 +178,7 @@ class Engine:
                 book.remove_offer(order)
                 del self.offers[order.offer_id]
                 ref = order.offer_id
-            out.append(
-                {
-                    "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
-                    "type": "order.expired",
-                    "v": 1,
-                    "ts": now,
-                    "key": book.key,
-                    "source": "matching",
-                    "cause": cid,
-                    "data": {"ref_id": ref},
-                }
-            )
+            _emit(out, base, cid, "order.expired", now, book.key, {"ref_id": ref})
 
     def _book(self, parts) -> Book:
         book = self.books.get(parts[3])
@@ -240,17 +229,14 @@ class Engine:
             a = Auction(load_id, shipper_id, book, closes_at, reserve_fen, instant_fen, sealed, seq)
             self.loads[load_id] = a
             self.timers.add_close(closes_at, seq, a)
-            out.append(
-                {
-                    "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
-                    "type": "auction.opened",
-                    "v": 1,
-                    "ts": now,
-                    "key": book.key,
-                    "source": "matching",
-                    "cause": cid,
-                    "data": {"load_id": load_id, "closes_at": closes_at, "sealed": sealed},
-                }
+            _emit(
+                out,
+                base,
+                cid,
+                "auction.opened",
+                now,
+                book.key,
+                {"load_id": load_id, "closes_at": closes_at, "sealed": sealed},
             )
             return None
         offer = (
@@ -448,23 +434,20 @@ class Engine:
             best_fen = None
         else:
             best_fen = price_fen if best is None or price_fen < best else best
-        out.append(
+        _emit(
+            out,
+            base,
+            cid,
+            "bid.accepted",
+            now,
+            a.book.key,
             {
-                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
-                "type": "bid.accepted",
-                "v": 1,
-                "ts": now,
-                "key": a.book.key,
-                "source": "matching",
-                "cause": cid,
-                "data": {
-                    "bid_id": bid_id,
-                    "load_id": load_id,
-                    "carrier_id": carrier_id,
-                    "price_fen": price_fen,
-                    "best_fen": best_fen,
-                },
-            }
+                "bid_id": bid_id,
+                "load_id": load_id,
+                "carrier_id": carrier_id,
+                "price_fen": price_fen,
+                "best_fen": best_fen,
+            },
         )
         if a.instant_fen is not None and price_fen <= a.instant_fen:
             # Every earlier live bid is above instant_fen (else it would have closed the
@@ -490,18 +473,7 @@ class Engine:
         else:
             load.book.remove_load(load)
         self.timers.forget()
-        out.append(
-            {
-                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
-                "type": "order.cancelled",
-                "v": 1,
-                "ts": now,
-                "key": load.book.key,
-                "source": "matching",
-                "cause": cid,
-                "data": {"ref_id": load_id},
-            }
-        )
+        _emit(out, base, cid, "order.cancelled", now, load.book.key, {"ref_id": load_id})
         return None
 
     def _offer_cancel(self, data, out, base, cid, key) -> None:
@@ -518,18 +490,7 @@ class Engine:
         del self.offers[offer_id]
         offer.book.remove_offer(offer)
         self.timers.forget()
-        out.append(
-            {
-                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
-                "type": "order.cancelled",
-                "v": 1,
-                "ts": now,
-                "key": offer.book.key,
-                "source": "matching",
-                "cause": cid,
-                "data": {"ref_id": offer_id},
-            }
-        )
+        _emit(out, base, cid, "order.cancelled", now, offer.book.key, {"ref_id": offer_id})
         return None
 
     def _bid_withdraw(self, data, out, base, cid, key) -> None:
@@ -551,18 +512,7 @@ class Engine:
             a.bids = [entry for entry in a.bids if entry[2].live]
             a.bids.sort()
             a.dead = 0
-        out.append(
-            {
-                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
-                "type": "order.cancelled",
-                "v": 1,
-                "ts": now,
-                "key": a.book.key,
-                "source": "matching",
-                "cause": cid,
-                "data": {"ref_id": bid_id},
-            }
-        )
+        _emit(out, base, cid, "order.cancelled", now, a.book.key, {"ref_id": bid_id})
         return None
 
     # -- auctions --------------------------------------------------------------------
@@ -602,17 +552,14 @@ class Engine:
                     },
                 }
             )
-        out.append(
-            {
-                "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
-                "type": "auction.closed",
-                "v": 1,
-                "ts": now,
-                "key": key,
-                "source": "matching",
-                "cause": cid,
-                "data": {"load_id": a.load_id, "bid_id": bid_id, "price_fen": price_fen},
-            }
+        _emit(
+            out,
+            base,
+            cid,
+            "auction.closed",
+            now,
+            key,
+            {"load_id": a.load_id, "bid_id": bid_id, "price_fen": price_fen},
         )
         self._drop_bids(a)
 
@@ -666,6 +613,23 @@ def _best_bid(a):
 def _clock_tick(data, out, base, cid, key) -> None:
     """A tick only moves the clock; its timers fired before it was handled."""
     return None
+
+
+def _emit(out, base, cid, typ, now, key, data) -> None:
+    """Append one outcome envelope of command cid (its index counted from base). The hot
+    outcomes (deal.made, load.rested, offer.rested) build the same dict inline."""
+    out.append(
+        {
+            "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",
+            "type": typ,
+            "v": 1,
+            "ts": now,
+            "key": key,
+            "source": "matching",
+            "cause": cid,
+            "data": data,
+        }
+    )
 
 
 def _reject(out, base, cid, key, ref_id, reason, now) -> None:
