@@ -31,11 +31,19 @@ def cluster():
 
 
 async def _leader_of(bootstrap: str, topic: str) -> int:
+    """The partition leader's node id; a topic just created can report no partitions or
+    no leader for a moment, so ask again for up to 30 s."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        [description] = await admin.describe_topics([topic])
-        return description["partitions"][0]["leader"]
+        deadline = time.monotonic() + 30
+        while True:
+            [description] = await admin.describe_topics([topic])
+            partitions = description["partitions"]
+            if partitions and partitions[0]["leader"] >= 0:
+                return partitions[0]["leader"]
+            assert time.monotonic() < deadline, f"{topic} has no leader: {description}"
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
 
@@ -140,6 +148,11 @@ async def test_acknowledged_records_survive_kill_9_of_the_leader(cluster):
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        assert len((await admin.describe_cluster())["brokers"]) == 3
+        # Each broker learns of the registration from the metadata log on its own
+        # schedule: ask until the one we reach lists all three (at most 30 s).
+        deadline = time.monotonic() + 30
+        while len((await admin.describe_cluster())["brokers"]) < 3:
+            assert time.monotonic() < deadline, "the restarted broker did not rejoin"
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()
