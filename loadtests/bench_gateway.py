@@ -257,9 +257,9 @@ def main(argv: list[str] | None = None) -> dict:
     database_url = os.environ.get("WLEX_DATABASE_URL", "")
     stack = None
     if not (bootstrap and database_url):
-        from tests.conftest import start_stack
+        from services.devenv.stack import start_isolated
 
-        stack = start_stack(Path(tempfile.mkdtemp(prefix="wlex-bench-")), external=False)
+        stack = start_isolated(Path(tempfile.mkdtemp(prefix="wlex-bench-")))
         bootstrap, database_url = stack.kafka_bootstrap, stack.database_url
     try:
         schema = f"bench_{uuid.uuid4().hex[:10]}"

@@ -84,24 +84,9 @@ def keyed(command: dict) -> tuple[bytes | None, int]:
 
 
 def start_own_stack(state_dir: Path):
-    from services.devenv.kafka import pinned_version
-    from services.devenv.ports import free_port_block
-    from services.devenv.stack import Stack, StackConfig
+    from services.devenv.stack import start_isolated
 
-    base = free_port_block(3)
-    config = StackConfig(
-        state_dir=state_dir,
-        cache_dir=ROOT / ".wlex" / "kafka",
-        brokers=1,
-        kafka_port=base,
-        kafka_controller_port=base + 1,
-        postgres_port=base + 2,
-        kafka_version=os.environ.get("WLEX_KAFKA_VERSION") or pinned_version(),
-        with_services=False,
-    )
-    stack = Stack(config, log=lambda msg: say(f"stack: {msg}"))
-    stack.up()
-    return stack
+    return start_isolated(state_dir, log=lambda msg: say(f"stack: {msg}"))
 
 
 async def preload(bootstrap: str, topic: str, commands: list[dict]) -> float:

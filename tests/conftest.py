@@ -16,11 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from services.devenv.kafka import pinned_version
-from services.devenv.ports import free_port_block
-from services.devenv.stack import Stack, StackConfig
-
-PROJECT_HOME = Path(__file__).resolve().parents[1] / ".wlex"
+from services.devenv.stack import Stack, start_isolated
 
 
 def new_state_dir(name: str) -> Path:
@@ -31,29 +27,17 @@ def new_state_dir(name: str) -> Path:
 
 
 def start_stack(state_dir: Path, brokers: int = 1, *, external: bool = True) -> Stack:
-    """Start a stack of the real broker(s) and PostgreSQL in state_dir on free ports.
+    """Start a stack of the real broker(s) and PostgreSQL in state_dir on free ports,
+    or use WLEX_KAFKA_BOOTSTRAP / WLEX_DATABASE_URL when external and set.
+    WLEX_KAFKA_VERSION=3.9.1 runs the suite against another broker line (docs/kafka.md).
     Stop it with stop_stack."""
-    base = free_port_block(2 * brokers + 1)
-    config = StackConfig(
-        state_dir=state_dir,
-        cache_dir=PROJECT_HOME / "kafka",
-        brokers=brokers,
-        kafka_port=base,
-        kafka_controller_port=base + brokers,
-        postgres_port=base + 2 * brokers,
-        # WLEX_KAFKA_VERSION=3.9.1 runs the suite against another broker line (docs/kafka.md).
-        kafka_version=os.environ.get("WLEX_KAFKA_VERSION") or pinned_version(),
+    return start_isolated(
+        state_dir,
+        brokers,
         external_kafka=os.environ.get("WLEX_KAFKA_BOOTSTRAP", "") if external else "",
         external_database=os.environ.get("WLEX_DATABASE_URL", "") if external else "",
-        with_services=False,
+        log=lambda msg: print(f"[stack] {msg}"),
     )
-    stack = Stack(config, log=lambda msg: print(f"[stack] {msg}"))
-    try:
-        stack.up()
-    except BaseException:
-        stack.down()  # a half-started stack must not outlive the test run
-        raise
-    return stack
 
 
 def stop_stack(stack: Stack) -> None:

@@ -484,6 +484,42 @@ async def _poll(attempt, what: str, *alive_checks, close: bool = False) -> None:
     raise StackError(f"{what} not ready after {READY_TIMEOUT_S:.0f} s: {last}")
 
 
+def start_isolated(
+    state_dir: Path,
+    brokers: int = 1,
+    *,
+    external_kafka: str = "",
+    external_database: str = "",
+    log=print,
+) -> Stack:
+    """Start Kafka and PostgreSQL (no services) in state_dir on free loopback ports, so a
+    test run or a benchmark never meets a running demo. The Kafka version is
+    WLEX_KAFKA_VERSION or the pinned one; the jars come from the project's cache. A stack
+    that fails to come up is stopped before the error is raised."""
+    from services.devenv.ports import free_port_block
+
+    base = free_port_block(2 * brokers + 1)
+    config = StackConfig(
+        state_dir=state_dir,
+        cache_dir=PROJECT_ROOT / ".wlex" / "kafka",
+        brokers=brokers,
+        kafka_port=base,
+        kafka_controller_port=base + brokers,
+        postgres_port=base + 2 * brokers,
+        kafka_version=os.environ.get("WLEX_KAFKA_VERSION") or kafka_runtime.pinned_version(),
+        external_kafka=external_kafka,
+        external_database=external_database,
+        with_services=False,
+    )
+    stack = Stack(config, log=log)
+    try:
+        stack.up()
+    except BaseException:
+        stack.down()  # a half-started stack must not outlive its caller
+        raise
+    return stack
+
+
 def recorded_brokers(state_dir: Path) -> int | None:
     """How many brokers the local cluster in state_dir was formatted with, if any."""
     try:
