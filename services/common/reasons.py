@@ -30,6 +30,12 @@ INSUFFICIENT_FUNDS = "insufficient_funds"
 UNKNOWN_SHIPPER = "unknown_shipper"
 SUSPENDED = "suspended"
 
-GATE_REJECTS: tuple[str, ...] = (INSUFFICIENT_FUNDS, UNKNOWN_SHIPPER, SUSPENDED)
+# The gate's duplicate_id: it has placed a hold for that load id before (load ids are the
+# gateway's UUIDv7s, so only a bug or a replayed command repeats one); the word is the
+# engine's, the check is the gate's, so a second load never shares a first one's deal id.
+GATE_REJECTS: tuple[str, ...] = (INSUFFICIENT_FUNDS, UNKNOWN_SHIPPER, SUSPENDED, DUPLICATE_ID)
 
-ALL: frozenset[str] = frozenset(ENGINE_REJECT_PRECEDENCE + GATE_REJECTS)
+# Withdrawals (settlement): unknown_participant when the gate has no such participant.
+UNKNOWN_PARTICIPANT = "unknown_participant"
+
+ALL: frozenset[str] = frozenset(ENGINE_REJECT_PRECEDENCE + GATE_REJECTS + (UNKNOWN_PARTICIPANT,))
