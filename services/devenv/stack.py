@@ -333,7 +333,11 @@ class Stack:
             "WLEX_TOPIC_PREFIX": self.config.topic_prefix,
             "PYTHONUNBUFFERED": "1",
         }
-        for index, (name, port) in enumerate(self.services().items()):
+        services = self.services()
+        if "settlement" in services:
+            # The gateway reads balances and statements from settlement's read API.
+            common_env["WLEX_GATEWAY_SETTLEMENT_URL"] = f"http://127.0.0.1:{services['settlement']}"
+        for index, (name, port) in enumerate(services.items()):
             env = dict(common_env, WLEX_SERVICE_NAME=name, WLEX_HTTP_PORT=str(port))
             body += (
                 program(name, [sys.executable, "-m", f"services.{name}"], 50 + index, env=env)

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from services.common import db
 from services.common.kafka import make_producer
 from services.common.metrics import kafka_metrics
+from services.common.outbox import OutboxRelay
 from services.common.runner import ServiceContext, run_service
+from services.gateway import registry
 from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
 from services.gateway.deps import CommandSink, Deps
+from services.gateway.settlement_client import SettlementClient
 
 log = logging.getLogger("services.gateway")
 
@@ -42,12 +47,20 @@ async def main(ctx: ServiceContext) -> None:
             raise RuntimeError(f"no partitions for {topic}")
 
     ctx.checks.add("kafka", kafka_check)
+    settlement = SettlementClient(config.settlement_url, config.settlement_timeout_s)
+    ctx.on_shutdown(settlement.close, name="close settlement client")
     deps = Deps(
         pool=pool,
         commands=CommandSink(producer, topic, config.produce_timeout_s, kafka_metrics("gateway")),
         config=config,
+        settlement=settlement,
     )
     _app.state.deps = deps
+    # participant.register / participant.suspend, written with the participant's row.
+    relay = OutboxRelay(pool, registry.OUTBOX, producer, ctx.settings.topic_prefix,
+                        metrics=kafka_metrics("gateway"))  # fmt: skip
+    relay_task = asyncio.create_task(relay.run(ctx.stop), name="gateway outbox relay")
+    ctx.on_shutdown(lambda: _finish(relay_task), name="stop outbox relay")
     ctx.mark_ready()
     log.info("gateway ready: commands to %s, schema %s", topic, config.db_schema)
     while not await ctx.sleep_unless_stopped(SWEEP_EVERY_S):
@@ -57,6 +70,16 @@ async def main(ctx: ServiceContext) -> None:
                 log.info("swept %d expired idempotency keys", swept)
         except Exception:  # the next round tries again
             log.exception("idempotency sweep failed")
+
+
+async def _finish(task: asyncio.Task) -> None:
+    # The relay returns once ctx.stop is set; cancel only if it is stuck on the broker.
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 3.0)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 if __name__ == "__main__":

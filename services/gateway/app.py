@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common import reasons
 from services.common.observability import HealthChecks
 from services.common.observability import router as observability_router
-from services.gateway import loads, offers, participants, problems, reference
+from services.gateway import loads, money, offers, participants, problems, reference
 from services.gateway.bodies import ERRORS_MAX
 from services.gateway.deps import SECURITY_SCHEME, Deps
 from services.gateway.metrics import HttpMetrics
@@ -32,6 +32,7 @@ BODY_SCHEMAS: dict[str, Any] = {
     "LoadRequest": LoadRequest,
     "OfferRequest": OfferRequest,
     "ParticipantRequest": ParticipantRequest,
+    "MoneyRequest": money.MoneyRequest,
 }
 
 # Failures of our dependencies, not of the request: 503, retry with the same key.
@@ -60,6 +61,7 @@ def create_app(deps: Deps | None, checks: HealthChecks | None = None) -> FastAPI
     app.include_router(loads.router)
     app.include_router(offers.router)
     app.include_router(participants.router)
+    app.include_router(money.router)
     if checks is not None:
         app.include_router(observability_router(checks))
     app.add_middleware(HttpMetrics)

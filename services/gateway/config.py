@@ -38,3 +38,8 @@ class GatewayConfig(BaseSettings):
     auth_cache_max: int = 10_000
 
     body_bytes_max: int = 16 * 1024
+
+    # Settlement's read API (balances and statements come from the ledger itself). The
+    # local runtime points this at the settlement service's port.
+    settlement_url: str = "http://127.0.0.1:18000"
+    settlement_timeout_s: float = 2.0

@@ -19,6 +19,7 @@ from services.gateway import idempotency, problems
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.config import GatewayConfig
 from services.gateway.ratelimit import RateLimiter, retry_after_header
+from services.gateway.settlement_client import SettlementClient
 
 
 def clock_ms() -> int:
@@ -70,6 +71,8 @@ class Deps:
     commands: CommandSink
     config: GatewayConfig
     clock_ms: Callable[[], int] = clock_ms
+    # Settlement's read API (balances, statements); None where settlement is not run.
+    settlement: SettlementClient | None = None
     auth: Authenticator = field(init=False)
     limiter: RateLimiter = field(init=False)
     idempotency: idempotency.IdempotencyStore = field(init=False)

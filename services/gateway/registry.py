@@ -1,11 +1,27 @@
-"""Participants and their API keys in PostgreSQL (used by the API and the CLI)."""
+"""Participants and their API keys in PostgreSQL (used by the API and the CLI).
+
+Registration and suspension also concern settlement (the funding gate opens the
+participant's accounts and refuses a suspended shipper's loads): each writes its
+command (participant.register, participant.suspend) to the gateway's outbox in the same
+transaction, and the gateway's relay sends it to `commands`, keyed by the participant."""
 
 from __future__ import annotations
 
 import asyncpg
 
+from services.common import envelope, outbox, schemas
 from services.common.envelope import new_id
 from services.gateway import auth
+
+OUTBOX = "outbox"
+SOURCE = "gateway"
+
+
+async def _announce(conn: asyncpg.Connection, type_: str, data: dict, now_ms: int) -> None:
+    command = envelope.make(type_, data, data["participant_id"], SOURCE, now_ms)
+    schemas.validate(command)
+    await outbox.add(conn, OUTBOX, [("commands", data["participant_id"], envelope.encode(command))])
+
 
 _COLUMNS = "participant_id, role, name, status, created_ms, suspended_ms"
 
@@ -40,6 +56,8 @@ async def create(
             " VALUES ($1, $2, $3, $4)",
             key_id, participant_id, digest, now_ms,
         )  # fmt: skip
+        await _announce(conn, "participant.register",
+                        {"participant_id": participant_id, "role": role}, now_ms)  # fmt: skip
     return as_participant(row), api_key
 
 
@@ -51,13 +69,17 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, participant_id: str) -> d
 
 
 async def suspend(conn: asyncpg.Connection, participant_id: str, now_ms: int) -> dict | None:
-    """Suspends (again: no change); None when there is no such participant."""
-    row = await conn.fetchrow(
-        f"UPDATE participant SET status = 'suspended',"
-        f" suspended_ms = COALESCE(suspended_ms, $2) WHERE participant_id = $1"
-        f" RETURNING {_COLUMNS}",
-        participant_id, now_ms,
-    )  # fmt: skip
+    """Suspends (again: no change, nothing announced); None when there is no such
+    participant."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE participant SET status = 'suspended',"
+            f" suspended_ms = COALESCE(suspended_ms, $2) WHERE participant_id = $1"
+            f" RETURNING {_COLUMNS}, (suspended_ms = $2) AS now_suspended",
+            participant_id, now_ms,
+        )  # fmt: skip
+        if row is not None and row["now_suspended"]:
+            await _announce(conn, "participant.suspend", {"participant_id": participant_id}, now_ms)
     return as_participant(row) if row else None
 
 
