@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wlex-installed
 
-.PHONY: demo test test-unit test-integration test-faults bench lint clean
+.PHONY: demo test test-unit test-integration test-e2e test-faults bench lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wlex needs Python 3.11+"'
@@ -17,15 +17,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/wlex demo
 
-## test: the whole suite: unit tests first, then integration, then fault tests
+## test: the whole suite: unit tests first, then integration, end-to-end, then fault tests
 test: $(STAMP)
-	$(PY) -m pytest -p no:cacheprovider tests/unit tests/integration tests/faults
+	$(PY) -m pytest -p no:cacheprovider tests/unit tests/integration tests/e2e tests/faults
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e
 
 test-faults: $(STAMP)
 	$(PY) -m pytest tests/faults

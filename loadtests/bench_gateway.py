@@ -13,6 +13,15 @@ removed). The clients run in a separate process with a minimal hand-written HTTP
 client on uvloop, so that the measuring side costs as little CPU as possible: on the
 2-core reference machine the clients, the gateway, PostgreSQL and Kafka share the cores.
 
+The fan-out part (`--ws-carriers`, 1,000 by default; `--ws-only` skips the POST part):
+that many carriers hold a WebSocket each on /v1/stream (client processes of their own,
+websockets on uvloop), each subscribed to one of `--ws-lanes` lanes; `--ws-rate` market
+events a second (open-auction bid.accepted, some load.rested) are produced into
+`market` for `--ws-duration` seconds, and each client records the delay from the
+event's envelope ts (set when it is produced) to its receipt. ws_p99_ms is the 99th
+percentile of those delays over every delivery; ws_deliveries_per_s is what the gateway
+wrote to sockets (events x subscribers of their lane).
+
 Uses WLEX_KAFKA_BOOTSTRAP / WLEX_DATABASE_URL when set, else starts a local stack in a
 temporary directory. Writes loadtests/results/bench_gateway.json and prints a summary.
 """
@@ -160,6 +169,201 @@ def drive_main(args: list[str]) -> None:
     sys.stdout.write(json.dumps(result))
 
 
+# ---------------------------------------------------------------------------- fan-out
+
+
+def _lane(i: int) -> str:
+    # Distinct lanes over the 43 regions of /v1/reference and a few classes.
+    from services.gateway.reference import tables
+
+    regions = sorted(tables().regions)
+    a, b = regions[i % len(regions)], regions[(i // len(regions) + 1 + i) % len(regions)]
+    return f"{a}>{b if b != a else regions[0]}>van-{('4.2', '6.8', '9.6')[i % 3]}"
+
+
+async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
+    """Connects every (key, lane), subscribes, says "ready" on stdout, records the
+    delay of every event frame until "stop" comes on stdin; returns the delays."""
+    from websockets.asyncio.client import connect
+
+    url = f"ws://127.0.0.1:{port}/v1/stream"
+    delays: list[float] = []
+    frames = {"events": 0, "other": 0}
+    connected = 0
+
+    async def one(key: str, lane: str, opened: asyncio.Semaphore) -> None:
+        nonlocal connected
+        async with opened:
+            ws = await connect(url, additional_headers={"Authorization": f"Bearer {key}"},
+                               compression=None, proxy=None, open_timeout=60,
+                               max_queue=1024)  # fmt: skip
+            await ws.send(orjson.dumps({"op": "subscribe", "lanes": [lane]}).decode())
+            while orjson.loads(await ws.recv())["type"] != "subscribed":
+                pass
+        connected += 1
+        try:
+            # Until cancelled at "stop": one await per frame, nothing else.
+            async for message in ws:
+                now_ms = time.time() * 1000
+                frame = orjson.loads(message)
+                if frame["type"] == "event":
+                    frames["events"] += 1
+                    delays.append(round(now_ms - frame["event"]["ts"], 1))
+                else:
+                    frames["other"] += 1
+        finally:
+            await ws.close()
+
+    opened = asyncio.Semaphore(50)  # connects at a time: no SYN flood of the backlog
+    tasks = [asyncio.create_task(one(k, lane, opened)) for k, lane in carriers]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while connected < len(carriers):
+        failed = [t for t in tasks if t.done() and t.exception()]
+        if failed:
+            raise failed[0].exception()
+        if loop.time() > deadline:
+            raise TimeoutError(f"{connected}/{len(carriers)} connected in 120 s")
+        await asyncio.sleep(0.05)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"delays_ms": delays, "frames": frames, "connected": connected}
+
+
+def ws_drive_main(args: list[str]) -> None:
+    """Client process: ws_drive(port, carriers file) -> JSON on stdout after "ready"."""
+    import uvloop
+
+    port, carriers_file = int(args[0]), args[1]
+    carriers = json.loads(Path(carriers_file).read_text())
+    result = uvloop.run(_ws_clients(port, carriers))
+    sys.stdout.write(json.dumps(result))
+
+
+async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: float,
+                          duration_s: float) -> int:  # fmt: skip
+    """rate events a second for duration_s, in 10 ms steps; returns how many."""
+    from services.common.envelope import make
+    from services.common.kafka import make_producer, send_all
+
+    producer = make_producer(bootstrap, client_id="bench-market")
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    sent = 0
+    pending: list = []
+    try:
+        while (elapsed := loop.time() - started) < duration_s:
+            due = int(rate * elapsed) - sent
+            outputs = []
+            for _ in range(max(0, due)):
+                lane = lanes[sent % len(lanes)]
+                now_ms = time.time_ns() // 1_000_000
+                if sent % 20 == 0:
+                    event = make("load.rested", {"load_id": f"bench-{sent}"}, lane, "matching",
+                                 now_ms)  # fmt: skip
+                else:
+                    price = 400_000 - sent % 1000
+                    event = make("bid.accepted", {"bid_id": f"b{sent}", "load_id": f"l{sent % 997}",
+                                                  "carrier_id": "bench-bidder", "price_fen": price,
+                                                  "best_fen": price}, lane, "matching", now_ms)  # fmt: skip
+                outputs.append((topic, lane, event))
+                sent += 1
+            pending.extend(await send_all(producer, outputs))
+            if len(pending) > 5000:
+                await asyncio.gather(*pending)
+                pending = []
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str, topic: str,
+                lanes: list[str], rate: float, duration_s: float, procs: int) -> dict:  # fmt: skip
+    env = dict(env, WLEX_GATEWAY_STREAM_CONNECTIONS_MAX=str(len(carriers) + 100))
+    server = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    clients: list[subprocess.Popen] = []
+    files = []
+    try:
+        _wait_healthy(port, server)
+        for i in range(procs):
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(carriers[i::procs], f)
+                files.append(Path(f.name))
+            clients.append(subprocess.Popen(
+                [sys.executable, "-m", "loadtests.bench_gateway", "--ws-drive", str(port), f.name],
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))  # fmt: skip
+        connect_started = time.monotonic()
+        for c in clients:
+            line = c.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"a client process did not connect: {line!r}")
+        connect_s = time.monotonic() - connect_started
+        proc = psutil.Process(server.pid)
+        cpu_before = proc.cpu_times()
+        produced = asyncio.run(_produce_market(bootstrap, topic, lanes, rate, duration_s))
+        time.sleep(2.0)  # let the last frames arrive
+        cpu = proc.cpu_times()
+        cpu_s = (cpu.user - cpu_before.user) + (cpu.system - cpu_before.system)
+        results = []
+        for c in clients:
+            out, _ = c.communicate("stop\n", timeout=120)
+            results.append(json.loads(out))
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+        _stop(server)
+        for f in files:
+            f.unlink(missing_ok=True)
+    delays = sorted(d for r in results for d in r["delays_ms"])
+    per_lane = {}
+    for _, lane in carriers:
+        per_lane[lane] = per_lane.get(lane, 0) + 1
+    # Events on lane i go to the carriers subscribed to it (lanes taken round robin).
+    expected = sum(per_lane.get(lanes[i % len(lanes)], 0) for i in range(produced))
+
+    def pct(q: float) -> float:
+        return round(delays[min(len(delays) - 1, int(q * len(delays)))], 1) if delays else 0.0
+
+    return {
+        "carriers": sum(r["connected"] for r in results),
+        "connect_s": round(connect_s, 2),
+        "events_produced": produced,
+        "events_per_s": round(produced / duration_s, 1),
+        "deliveries": len(delays),
+        "deliveries_expected": expected,
+        "deliveries_per_s": round(len(delays) / duration_s, 1),
+        "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+        "server_cpu_s_per_s": round(cpu_s / (duration_s + 2.0), 3),
+    }
+
+
+async def _carriers(database_url: str, schema: str, n: int, lanes: list[str]) -> list:
+    from services.common import db
+    from services.gateway import registry
+
+    pool = await db.create_pool(database_url, schema=schema, max_size=2)
+    try:
+        await db.migrate(pool, "gateway")
+        out = []
+        async with pool.acquire() as conn:
+            for i in range(n):
+                _, key = await registry.create(conn, "carrier", f"bench carrier {i}",
+                                               time.time_ns() // 10**6)  # fmt: skip
+                out.append([key, lanes[i % len(lanes)]])
+        return out
+    finally:
+        await db.close_pool(pool)
+
+
 # ---------------------------------------------------------------------------- orchestration
 
 
@@ -249,6 +453,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per measure")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--ws-carriers", type=int, default=1000)
+    parser.add_argument("--ws-rate", type=float, default=2000.0, help="market events a second")
+    parser.add_argument("--ws-duration", type=float, default=20.0)
+    parser.add_argument("--ws-lanes", type=int, default=200, help="each carrier follows one")
+    parser.add_argument("--ws-procs", type=int, default=2, help="client processes")
+    parser.add_argument("--ws-only", action="store_true", help="skip the POST /v1/loads part")
     args = parser.parse_args(argv)
 
     from services.devenv.ports import free_port_block
@@ -280,41 +490,74 @@ def main(argv: list[str] | None = None) -> dict:
             WLEX_GATEWAY_RATE_PER_S="100000",
             WLEX_GATEWAY_RATE_BURST="100000",
         )
-        bare = _measure([sys.executable, "-m", "loadtests.bench_gateway", "--serve-bare"],
-                        env, port, keys_file, args.duration)  # fmt: skip
-        post = _measure([sys.executable, "-m", "services.gateway"], env, port, keys_file,
-                        args.duration)  # fmt: skip
+        post = bare = None
+        if not args.ws_only:
+            bare = _measure([sys.executable, "-m", "loadtests.bench_gateway", "--serve-bare"],
+                            env, port, keys_file, args.duration)  # fmt: skip
+            post = _measure([sys.executable, "-m", "services.gateway"], env, port, keys_file,
+                            args.duration)  # fmt: skip
+        ws = None
+        if args.ws_carriers:
+            lanes = [_lane(i) for i in range(args.ws_lanes)]
+            carriers = asyncio.run(_carriers(database_url, schema, args.ws_carriers, lanes))
+            ws = _measure_ws(env, port, carriers, bootstrap, prefix + "market", lanes,
+                             args.ws_rate, args.ws_duration, args.ws_procs)  # fmt: skip
         loads = asyncio.run(_count(database_url, schema))
     finally:
         if stack is not None:
             stack.down()
-    ratio = round(post["rps"] / bare["rps"], 3) if bare["rps"] else 0.0
     report = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         # The clients, the servers, PostgreSQL and Kafka share the machine: its load says
         # how much of it this run had.
         "machine": machine(),
         "commit": commit(),
-        "clients": args.clients,
-        "duration_s": args.duration,
-        "post_loads": post,
-        "bare": bare,
-        "post_loads_rps": post["rps"],
-        "bare_rps": bare["rps"],
-        "ratio": ratio,
-        "cpu_ratio": round(
-            bare["server_cpu_ms_per_request"] / post["server_cpu_ms_per_request"], 3
-        ),
-        "loads_recorded": loads,
-        "targets": {k: {"op": op, "target": t} for k, (op, t) in TARGETS.items()},
     }
+    if post is not None and bare is not None:
+        ratio = round(post["rps"] / bare["rps"], 3) if bare["rps"] else 0.0
+        report.update({
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "post_loads": post,
+            "bare": bare,
+            "post_loads_rps": post["rps"],
+            "bare_rps": bare["rps"],
+            "ratio": ratio,
+            "cpu_ratio": round(
+                bare["server_cpu_ms_per_request"] / post["server_cpu_ms_per_request"], 3
+            ),
+            "loads_recorded": loads,
+        })  # fmt: skip
+    elif args.out.exists():
+        # A fan-out-only run keeps the last POST figures of the file.
+        old = json.loads(args.out.read_text())
+        report.update({k: v for k, v in old.items() if k not in report and not k.startswith("ws")})
+    if ws is not None:
+        report.update({
+            "ws": ws | {"lanes": args.ws_lanes, "duration_s": args.ws_duration,
+                        "rate_target": args.ws_rate, "when": report["when"]},
+            "ws_carriers": ws["carriers"],
+            "ws_events_per_s": ws["events_per_s"],
+            "ws_deliveries_per_s": ws["deliveries_per_s"],
+            "ws_p99_ms": ws["latency_ms"]["p99"],
+        })  # fmt: skip
+    report["targets"] = {k: {"op": op, "target": t} for k, (op, t) in TARGETS.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"POST /v1/loads: {post['rps']:.0f}/s (p50 {post['latency_ms']['p50']} ms, "
-          f"p99 {post['latency_ms']['p99']} ms)  bare: {bare['rps']:.0f}/s  ratio {ratio}")  # fmt: skip
-    print(f"server CPU per request: gateway {post['server_cpu_ms_per_request']} ms,"
-          f" bare {bare['server_cpu_ms_per_request']} ms")  # fmt: skip
-    print(f"loads recorded {loads}; 202 answers, warm-up included: {post['accepted_202_total']}")
+    if post is not None and bare is not None:
+        print(f"POST /v1/loads: {post['rps']:.0f}/s (p50 {post['latency_ms']['p50']} ms, "
+              f"p99 {post['latency_ms']['p99']} ms)  bare: {bare['rps']:.0f}/s  ratio "
+              f"{report['ratio']}")  # fmt: skip
+        print(f"server CPU per request: gateway {post['server_cpu_ms_per_request']} ms,"
+              f" bare {bare['server_cpu_ms_per_request']} ms")  # fmt: skip
+        print(
+            f"loads recorded {loads}; 202 answers, warm-up included: {post['accepted_202_total']}"
+        )
+    if ws is not None:
+        print(f"/v1/stream: {ws['carriers']} carriers, {ws['events_per_s']} events/s ->"
+              f" {ws['deliveries_per_s']} frames/s ({ws['deliveries']} of"
+              f" {ws['deliveries_expected']} expected), p50 {ws['latency_ms']['p50']} ms,"
+              f" p99 {ws['latency_ms']['p99']} ms, server CPU {ws['server_cpu_s_per_s']} s/s")  # fmt: skip
     return report
 
 
@@ -323,5 +566,7 @@ if __name__ == "__main__":
         serve_bare()
     elif sys.argv[1:2] == ["--drive"]:
         drive_main(sys.argv[2:])
+    elif sys.argv[1:2] == ["--ws-drive"]:
+        ws_drive_main(sys.argv[2:])
     else:
         main(sys.argv[1:])

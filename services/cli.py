@@ -14,6 +14,7 @@ import typer
 
 from services.common.settings import get_settings
 from services.gateway import cli as gateway_cli
+from services.sdk import cli as carrier_cli
 from services.settlement import cli as settlement_cli
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ topics = typer.Typer(
 app.add_typer(dev, name="dev")
 app.add_typer(topics, name="topics")
 app.add_typer(gateway_cli.app, name="participants")
+app.add_typer(carrier_cli.app, name="carrier")
 app.add_typer(settlement_cli.app, name="ledger")
 
 

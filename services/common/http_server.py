@@ -57,6 +57,10 @@ class HttpServer:
             timeout_graceful_shutdown=graceful_timeout_s,
             timeout_keep_alive=5,
             server_header=False,
+            # A WebSocket fan-out sends one event to many sockets: per-message deflate
+            # would compress it once per socket (the gateway's stream frames are small
+            # JSON, and CPU is what the fan-out is short of).
+            ws_per_message_deflate=False,
         )
         self._server = _EmbeddedServer(self._config)
         self._task: asyncio.Task | None = None

@@ -112,21 +112,26 @@ def run(
     settings: Settings | None = None,
     http_app: Callable[[ServiceContext], Any] | None = None,
     serve_http: bool = True,
+    http_connections_max: int = 256,
 ) -> int:
     """Run `main` under uvloop until it returns or is stopped; return an EXIT_* code.
 
     `http_app(ctx)` builds the ASGI app to serve (the gateway's API, which includes
     services.common.observability.router); by default /metrics and /healthz only.
+    Beyond http_connections_max open connections (WebSockets included) new requests
+    get 503.
     """
     settings = settings or get_settings()
     if name is not None:
         settings = settings.model_copy(update={"service_name": name})
     setup_logging(settings)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_supervise(main, settings, http_app, serve_http))
+        return runner.run(_supervise(main, settings, http_app, serve_http, http_connections_max))
 
 
-async def _supervise(main, settings: Settings, http_app, serve_http: bool) -> int:
+async def _supervise(
+    main, settings: Settings, http_app, serve_http: bool, http_connections_max: int = 256
+) -> int:
     loop = asyncio.get_running_loop()
     ctx = ServiceContext(settings, HealthChecks())
     main_task: asyncio.Task | None = None
@@ -151,7 +156,9 @@ async def _supervise(main, settings: Settings, http_app, serve_http: bool) -> in
     try:
         if serve_http:
             app = http_app(ctx) if http_app else observability_app(ctx.checks)
-            http = HttpServer(app, settings.http_host, settings.http_port)
+            http = HttpServer(
+                app, settings.http_host, settings.http_port, connections_max=http_connections_max
+            )
             await http.start()
             ctx.http_port = http.port
         main_task = asyncio.create_task(main(ctx), name="main")
@@ -244,3 +251,5 @@ def setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # httpx logs every request at INFO: one line per balance read between services.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -54,6 +54,8 @@ class StackConfig:
     external_kafka: str = ""
     external_database: str = ""
     with_services: bool = True
+    # More WLEX_* settings for every service process (tests give each run its own schemas).
+    service_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings, *, brokers: int = 1) -> StackConfig:
@@ -332,6 +334,7 @@ class Stack:
             "WLEX_DATABASE_URL": self.database_url,
             "WLEX_TOPIC_PREFIX": self.config.topic_prefix,
             "PYTHONUNBUFFERED": "1",
+            **self.config.service_env,
         }
         services = self.services()
         if "settlement" in services:

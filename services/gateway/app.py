@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common import reasons
 from services.common.observability import HealthChecks
 from services.common.observability import router as observability_router
-from services.gateway import loads, money, offers, participants, problems, reference
+from services.gateway import loads, money, offers, participants, problems, reference, shipments
+from services.gateway import stream as stream_api
 from services.gateway.bodies import ERRORS_MAX
 from services.gateway.deps import SECURITY_SCHEME, Deps
 from services.gateway.metrics import HttpMetrics
@@ -33,6 +34,7 @@ BODY_SCHEMAS: dict[str, Any] = {
     "OfferRequest": OfferRequest,
     "ParticipantRequest": ParticipantRequest,
     "MoneyRequest": money.MoneyRequest,
+    **shipments.BODY_SCHEMAS,
 }
 
 # Failures of our dependencies, not of the request: 503, retry with the same key.
@@ -62,6 +64,8 @@ def create_app(deps: Deps | None, checks: HealthChecks | None = None) -> FastAPI
     app.include_router(offers.router)
     app.include_router(participants.router)
     app.include_router(money.router)
+    app.include_router(shipments.router)
+    app.include_router(stream_api.router)
     if checks is not None:
         app.include_router(observability_router(checks))
     app.add_middleware(HttpMetrics)

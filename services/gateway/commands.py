@@ -133,3 +133,17 @@ def offer_cancel(offer_id: str, carrier_id: str, key: str, ts_ms: int) -> dict:
     return envelope.make(
         "offer.cancel", {"offer_id": offer_id, "carrier_id": carrier_id}, key, SOURCE, ts_ms
     )
+
+
+def bid_place(
+    load_id: str, bid_id: str, carrier_id: str, price_fen: int, key: str, ts_ms: int
+) -> dict:
+    # Keyed by the load's lane: the bid must reach the partition that holds the auction.
+    data = {"bid_id": bid_id, "load_id": load_id, "carrier_id": carrier_id, "price_fen": price_fen}
+    return envelope.make("bid.place", data, key, SOURCE, ts_ms)
+
+
+def bid_withdraw(bid_id: str, carrier_id: str, key: str, ts_ms: int) -> dict:
+    return envelope.make(
+        "bid.withdraw", {"bid_id": bid_id, "carrier_id": carrier_id}, key, SOURCE, ts_ms
+    )

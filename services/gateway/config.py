@@ -43,3 +43,19 @@ class GatewayConfig(BaseSettings):
     # local runtime points this at the settlement service's port.
     settlement_url: str = "http://127.0.0.1:18000"
     settlement_timeout_s: float = 2.0
+
+    # The read-model projector (projection_service.py): its consumer group, records per
+    # batch (one PostgreSQL transaction each), and how long an event waits for a load or
+    # offer row that has not appeared (the gateway records a load after the broker's ack).
+    projection_group: str = "gateway-projection"
+    projection_batch_max: int = 500
+    projection_parked_ttl_s: float = 600.0
+
+    # GET /v1/loads/{id}/events: a comment after this much silence (proxies drop idle
+    # connections), a stream lasts at most sse_max_s (the client reconnects with
+    # Last-Event-ID), polls every sse_poll_s for rows projected by another instance, and
+    # at most sse_streams_max streams are open per process (then 503).
+    sse_keepalive_s: float = 15.0
+    sse_max_s: float = 300.0
+    sse_poll_s: float = 1.0
+    sse_streams_max: int = 1000

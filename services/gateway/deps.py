@@ -18,6 +18,7 @@ from services.common.metrics import KafkaMetrics
 from services.gateway import idempotency, problems
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.config import GatewayConfig
+from services.gateway.loadlog import Waiters
 from services.gateway.ratelimit import RateLimiter, retry_after_header
 from services.gateway.settlement_client import SettlementClient
 
@@ -73,6 +74,11 @@ class Deps:
     clock_ms: Callable[[], int] = clock_ms
     # Settlement's read API (balances, statements); None where settlement is not run.
     settlement: SettlementClient | None = None
+    # Shipment events (pickups, deliveries, disputes, decisions) to `shipments`, keyed
+    # by deal; the same producer as `commands`. None: shipment actions answer 503.
+    shipments: CommandSink | None = None
+    # Wakes the SSE streams of a load when this process's projector extends its log.
+    load_log: Waiters = field(default_factory=Waiters)
     auth: Authenticator = field(init=False)
     limiter: RateLimiter = field(init=False)
     idempotency: idempotency.IdempotencyStore = field(init=False)

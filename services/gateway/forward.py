@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from services.common import envelope, schemas
 from services.gateway import idempotency
-from services.gateway.deps import Call
+from services.gateway.deps import Call, CommandSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,19 +26,23 @@ class Recorded:
 Record = Callable[[dict], Recorded]
 
 
-async def forward(call: Call, fp: bytes, command: dict, record: Record) -> Response:
+async def forward(
+    call: Call, fp: bytes, command: dict, record: Record, sink: CommandSink | None = None
+) -> Response:
     """record(command) gives the statement that writes the gateway's row and the answer;
     it runs in the statement that marks the key done (one round trip, one commit). On a
     takeover `command` is the one the first attempt stored, not the one this request
-    built."""
+    built. sink is where the event goes: `commands` unless told (shipment events go to
+    `shipments`)."""
     deps = call.deps
+    sink = sink or deps.commands
     # Ours to make, checked here: a command that fails its schema is a bug of the
     # gateway, and must not reach the engine (500, nothing recorded).
     schemas.validate(command)
 
     async def perform(attempt: idempotency.Attempt) -> idempotency.Answer:
         stored = envelope.decode(attempt.pending)
-        await deps.commands.send(attempt.pending, stored["key"])
+        await sink.send(attempt.pending, stored["key"])
         recorded = record(stored)
         await deps.idempotency.finish(
             deps.pool, attempt, recorded.answer, recorded.sql, recorded.args

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import TypeAdapter
 
 from services.common import reasons
 from services.common.envelope import new_id
-from services.gateway import bodies, commands, idempotency, pages, problems
+from services.gateway import bodies, commands, idempotency, loadlog, pages, problems
 from services.gateway.deps import Call, authorized, documented
 from services.gateway.forward import Recorded, forward
 from services.gateway.models import (
@@ -33,7 +33,16 @@ router = APIRouter(tags=["loads"])
 LOAD_REQUEST = TypeAdapter(LoadRequest)
 LoadId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
 
-_COLUMNS = "load_id, shipper_id, status, data::text AS data, requested_ms, cancel_requested_ms"
+# The load's row, its deal (once dealt) and its bids, in one round trip.
+_COLUMNS = (
+    "l.load_id, l.shipper_id, l.status, l.data::text AS data, l.requested_ms,"
+    " l.cancel_requested_ms, l.reject_reason, d.deal_id, d.carrier_id AS deal_carrier_id,"
+    " d.offer_id AS deal_offer_id, d.bid_id AS deal_bid_id, d.price_fen AS deal_price_fen,"
+    " (SELECT json_agg(json_build_object('bid_id', b.bid_id, 'carrier_id', b.carrier_id,"
+    "   'price_fen', b.price_fen, 'placed_at', b.placed_ms, 'status', b.status)"
+    "   ORDER BY b.placed_ms, b.bid_id)::text FROM bid b WHERE b.load_id = l.load_id) AS bids"
+)
+_FROM = "load l LEFT JOIN deal d ON d.load_id = l.load_id"
 
 
 def _view(row) -> dict:
@@ -55,10 +64,24 @@ def _view(row) -> dict:
         "auction": data.get("auction"),
         "requested_at": row["requested_ms"],
         "cancel_requested_at": row["cancel_requested_ms"],
-        # Filled by the read-model projector (a later increment).
-        "deal": None,
-        "bids": [],
-        "policy": None,
+        "reject_reason": row["reject_reason"],
+        "deal": _deal(row),
+        "bids": orjson.loads(row["bids"]) if row["bids"] else [],
+        "policy": None,  # insurance's events are not there yet
+    }
+
+
+def _deal(row) -> dict | None:
+    # A settlement fact can reach the deal's row before deal.made does: shown once the
+    # deal itself is known.
+    if row["deal_id"] is None or row["deal_price_fen"] is None or row["deal_carrier_id"] is None:
+        return None
+    return {
+        "deal_id": row["deal_id"],
+        "carrier_id": row["deal_carrier_id"],
+        "offer_id": row["deal_offer_id"],
+        "bid_id": row["deal_bid_id"],
+        "price_fen": row["deal_price_fen"],
     }
 
 
@@ -130,10 +153,11 @@ async def list_loads(
     deps, caller = call.deps, call.caller
     after = pages.decode_cursor(cursor)
     rows = await deps.pool.fetch(
-        f"SELECT {_COLUMNS} FROM load WHERE shipper_id = $1"
-        " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR origin = $3)"
-        " AND ($4::text IS NULL OR destination = $4) AND ($5::text IS NULL OR vehicle_class = $5)"
-        " AND ($6::text IS NULL OR load_id < $6) ORDER BY load_id DESC LIMIT $7",
+        f"SELECT {_COLUMNS} FROM {_FROM} WHERE l.shipper_id = $1"
+        " AND ($2::text IS NULL OR l.status = $2) AND ($3::text IS NULL OR l.origin = $3)"
+        " AND ($4::text IS NULL OR l.destination = $4)"
+        " AND ($5::text IS NULL OR l.vehicle_class = $5)"
+        " AND ($6::text IS NULL OR l.load_id < $6) ORDER BY l.load_id DESC LIMIT $7",
         caller.participant_id, status, origin, destination, vehicle_class, after, limit + 1,
     )  # fmt: skip
     items = [_view(r) for r in rows[:limit]]
@@ -151,12 +175,68 @@ async def list_loads(
 async def get_load(load_id: LoadId, call: ShipperGet) -> Response:
     deps, caller = call.deps, call.caller
     row = await deps.pool.fetchrow(
-        f"SELECT {_COLUMNS} FROM load WHERE load_id = $1 AND shipper_id = $2",
+        f"SELECT {_COLUMNS} FROM {_FROM} WHERE l.load_id = $1 AND l.shipper_id = $2",
         load_id, caller.participant_id,
     )  # fmt: skip
     if row is None:
         raise _unknown(load_id)
     return Response(orjson.dumps(_view(row)), media_type="application/json")
+
+
+SSE = "text/event-stream"
+LastEventId = Annotated[
+    int | None,
+    Header(
+        ge=0,
+        le=2**62,
+        description="resume after this event (the `id:` of the last event received)",
+    ),
+]
+
+
+@router.get(
+    "/v1/loads/{load_id}/events",
+    summary="The load's events as server-sent events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: one event per market, settlement or shipment"
+            " event of the load, `id:` its sequence number in the load's log (1, 2, ...),"
+            " `event:` its type, `data:` the envelope. Comments keep the connection alive;"
+            " the stream ends when the load is final or after a maximum duration.",
+            "content": {SSE: {"schema": {"type": "string"}}},
+        },
+        **problems.problem_responses(401, 403, 404, 422, 429, 503),
+    },
+    openapi_extra=documented(),
+)
+async def load_events(
+    load_id: LoadId, call: ShipperGet, last_event_id: LastEventId = None
+) -> StreamingResponse:
+    """Every event of the load from the start, or after `Last-Event-ID`, then new ones
+    as they are projected; ends once the load is settled, cancelled, expired, rejected
+    or refunded, or after a maximum duration (reconnect with Last-Event-ID)."""
+    deps, caller = call.deps, call.caller
+    owned = await deps.pool.fetchval(
+        "SELECT true FROM load WHERE load_id = $1 AND shipper_id = $2",
+        load_id, caller.participant_id,
+    )  # fmt: skip
+    if not owned:
+        raise _unknown(load_id)
+    c = deps.config
+    if len(deps.load_log) >= c.sse_streams_max:
+        raise problems.ProblemError(
+            503, problems.UNAVAILABLE, "too many event streams open; retry",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    body = loadlog.stream(
+        deps.pool, deps.load_log, load_id, last_event_id or 0,
+        keepalive_s=c.sse_keepalive_s, max_s=c.sse_max_s, poll_s=c.sse_poll_s,
+    )  # fmt: skip
+    # no-cache: a proxy must not answer a resume from an old copy; X-Accel-Buffering:
+    # nginx would otherwise hold events back in its buffer.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body, media_type=SSE, headers=headers)
 
 
 @router.post(

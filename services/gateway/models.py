@@ -98,11 +98,13 @@ class OfferRequest(_Strict):
 
 
 Role = Literal["shipper", "carrier", "insurer", "operator"]
+# services.gateway.lifecycle holds the rules between them.
 LoadStatus = Literal[
-    "requested", "open", "rejected", "dealt", "picked_up", "delivered", "settled",
-    "cancelled", "expired",
+    "requested", "open", "rejected", "dealt", "picked_up", "delivered", "disputed",
+    "settled", "refunded", "cancelled", "expired",
 ]  # fmt: skip
-OfferStatus = Literal["requested", "open", "rejected", "exhausted", "cancelled", "expired"]
+# dealt: the offer carries no more loads (it did not consolidate, or is full).
+OfferStatus = Literal["requested", "open", "rejected", "dealt", "cancelled", "expired"]
 
 
 class ParticipantRequest(_Strict):
@@ -148,6 +150,7 @@ class Bid(BaseModel):
     carrier_id: str
     price_fen: int
     placed_at: int
+    status: Literal["live", "withdrawn", "won"]
 
 
 class Policy(BaseModel):
@@ -173,6 +176,9 @@ class Load(BaseModel):
     auction: AuctionTerms | None
     requested_at: int
     cancel_requested_at: int | None
+    reject_reason: str | None = Field(
+        None, description="when rejected: the engine's or the funding gate's reason word"
+    )
     deal: Deal | None = Field(None, description="once dealt (filled by the read model)")
     bids: list[Bid] = Field(default_factory=list, description="auction bids, to the owner")
     policy: Policy | None = Field(None, description="when insured")
@@ -196,6 +202,9 @@ class Offer(BaseModel):
     consolidate: bool
     requested_at: int
     cancel_requested_at: int | None
+    reject_reason: str | None = None
+    remaining_kg: int | None = Field(None, description="capacity left while it rests")
+    remaining_dm3: int | None = None
 
 
 class Participant(BaseModel):

@@ -56,7 +56,8 @@ class MoneyStatus(BaseModel):
     amount_fen: int
     bank_ref: str
     requested_at: int
-    status: Literal["requested", "completed"]
+    status: Literal["requested", "completed", "rejected"]
+    reason: str | None = Field(None, description="why a withdrawal was refused: insufficient_funds")
 
 
 class Balance(BaseModel):
@@ -82,7 +83,8 @@ class Statement(BaseModel):
 
 
 MONEY_REQUEST = TypeAdapter(MoneyRequest)
-_LEG = {"deposit": "deposit", "withdrawal": "withdrawal"}  # postings' transfer legs
+# The gate's outcome words (services/settlement/gate.py) that mean the money moved.
+_COMPLETED = frozenset({"deposited", "withdrawn"})
 
 
 def _json(doc, status: int = 200) -> Response:
@@ -177,11 +179,17 @@ async def get_money(request_id: RequestId, call: MoneyGet) -> Response:
         raise problems.ProblemError(
             404, problems.NOT_FOUND, f"no money request {request_id} of yours"
         )
-    done = await _settlement(deps).transfer_recorded(f"{request_id}:{_LEG[row['kind']]}")
+    decided = await _settlement(deps).command_outcome(request_id)
+    if decided is None:
+        status, reason = "requested", None
+    elif decided["outcome"] in _COMPLETED:
+        status, reason = "completed", None
+    else:
+        status, reason = "rejected", decided["reason"]
     return _json({"request_id": row["request_id"], "kind": row["kind"],
                   "amount_fen": row["amount_fen"], "bank_ref": row["bank_ref"],
                   "requested_at": row["requested_ms"],
-                  "status": "completed" if done else "requested"})  # fmt: skip
+                  "status": status, "reason": reason})  # fmt: skip
 
 
 @router.get(

@@ -87,7 +87,8 @@ async def get_offer(offer_id: OfferId, call: CarrierGet) -> Response:
     deps, caller = call.deps, call.caller
     row = await deps.pool.fetchrow(
         "SELECT offer_id, carrier_id, status, data::text AS data, requested_ms,"
-        " cancel_requested_ms FROM offer WHERE offer_id = $1 AND carrier_id = $2",
+        " cancel_requested_ms, reject_reason, remaining_kg, remaining_dm3"
+        " FROM offer WHERE offer_id = $1 AND carrier_id = $2",
         offer_id, caller.participant_id,
     )  # fmt: skip
     if row is None:
@@ -101,6 +102,9 @@ async def get_offer(offer_id: OfferId, call: CarrierGet) -> Response:
                              "available_to", "ask_fen", "consolidate")},
         "requested_at": row["requested_ms"],
         "cancel_requested_at": row["cancel_requested_ms"],
+        "reject_reason": row["reject_reason"],
+        "remaining_kg": row["remaining_kg"],
+        "remaining_dm3": row["remaining_dm3"],
     }  # fmt: skip
     return Response(orjson.dumps(view), media_type="application/json")
 

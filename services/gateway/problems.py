@@ -28,6 +28,7 @@ FORBIDDEN = "forbidden"  # 403: the participant's role may not do this
 NOT_FOUND = "not_found"  # 404: no such resource (or not the caller's)
 METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
 IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"  # 409: the first request is in flight
+DEAL_STATE = "deal_state"  # 409: the deal's state does not allow this shipment action
 PAYLOAD_TOO_LARGE = "payload_too_large"  # 413
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # 422: same key, another payload
@@ -51,6 +52,7 @@ TITLES: dict[str, str] = {
     NOT_FOUND: "No such resource",
     METHOD_NOT_ALLOWED: "Method not allowed",
     IDEMPOTENCY_KEY_IN_USE: "A request with this Idempotency-Key is still in flight",
+    DEAL_STATE: "The deal's state does not allow this action",
     PAYLOAD_TOO_LARGE: "The body is too large",
     UNSUPPORTED_MEDIA_TYPE: "The body must be application/json",
     IDEMPOTENCY_KEY_REUSED: "This Idempotency-Key was used with another request",

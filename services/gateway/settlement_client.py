@@ -40,9 +40,11 @@ class SettlementClient:
         )
         return r.json()
 
-    async def transfer_recorded(self, transfer_id: str) -> bool:
-        r = await self._get(f"/internal/v1/transfers/{transfer_id}")
-        return r.status_code == 204
+    async def command_outcome(self, command_id: str) -> dict | None:
+        """The funding gate's decision on a command ({outcome, reason}), None while the
+        gate has not decided it."""
+        r = await self._get(f"/internal/v1/commands/{command_id}")
+        return None if r.status_code == 404 else r.json()
 
 
 def _unavailable(why) -> problems.ProblemError:

@@ -321,3 +321,104 @@ def publish(report: Report, registry: CollectorRegistry = REGISTRY) -> None:
     gauge = invariant_gauge(registry)
     for name in report.checked:
         gauge.labels(invariant=name).set(report.counts.get(name, 0))
+
+
+# -- the settler's invariants (hooks over load_hold and the settler's tables) -------------
+
+# Per deal: at most one post of its holds (the load's first hold and the re-sized one), at
+# most one payout caused by one of its events, at most one settlement record (deal.settled
+# or escrow.refunded) in the settler's outbox.
+_DEALS_SETTLED_TWICE = """
+WITH deals AS (
+    SELECT load_id, deal_id, post_command_id || ':hold' AS first_hold, hold_id
+      FROM load_hold WHERE deal_id IS NOT NULL
+), posts AS (
+    SELECT d.load_id, count(*) AS n FROM deals d
+      JOIN transfers p ON p.kind = 'post_pending' AND p.pending_id IN (d.first_hold, d.hold_id)
+     GROUP BY d.load_id
+), payouts AS (
+    SELECT i.load_id, count(*) AS n FROM settler_inbox i
+      JOIN transfers t ON t.cause = i.event_id AND t.code = 'payout'
+     GROUP BY i.load_id
+), records AS (
+    SELECT load_id, count(*) AS n FROM settler_outbox
+     WHERE type IN ('deal.settled', 'escrow.refunded') GROUP BY load_id
+)
+SELECT d.deal_id, coalesce(p.n, 0), coalesce(y.n, 0), coalesce(r.n, 0)
+FROM deals d LEFT JOIN posts p USING (load_id) LEFT JOIN payouts y USING (load_id)
+     LEFT JOIN records r USING (load_id)
+WHERE coalesce(p.n, 0) > 1 OR coalesce(y.n, 0) > 1 OR coalesce(r.n, 0) > 1
+ORDER BY 1
+"""
+# Every delivery the settler applied: its deal is settled (one post of its hold, one
+# deal.settled), or disputed (frozen, awaiting the operator, or refunded by one).
+_DELIVERED_NOT_SETTLED = """
+SELECT i.event_id, i.load_id, h.state, r.n, p.n
+FROM settler_inbox i
+LEFT JOIN load_hold h ON h.load_id = i.load_id
+LEFT JOIN LATERAL (SELECT count(*) AS n FROM settler_outbox o
+                    WHERE o.load_id = i.load_id AND o.type = 'deal.settled') r ON true
+LEFT JOIN LATERAL (SELECT count(*) AS n FROM transfers t
+                    WHERE t.kind = 'post_pending' AND t.pending_id = h.hold_id) p ON true
+WHERE i.type = 'shipment.delivered' AND i.outcome = 'applied'
+  AND (h.load_id IS NULL
+       OR NOT ((h.state = 'settled' AND r.n = 1 AND p.n = 1) OR h.state IN ('frozen', 'refunded')))
+ORDER BY 1
+"""
+# A live hold (pending or frozen) with no load in a live state naming it...
+_HOLDS_WITHOUT_ORDER = """
+SELECT t.id, t.state, h.load_id, h.state
+FROM transfers t LEFT JOIN load_hold h ON h.hold_id = t.id
+WHERE t.kind = 'pending' AND t.state IN ('pending', 'frozen')
+  AND (h.load_id IS NULL OR h.state NOT IN ('held', 'dealt', 'frozen'))
+ORDER BY 1
+"""
+# ...and, the other way, a load whose hold is missing or not in the state its own says.
+_ORDERS_WITHOUT_HOLD = """
+SELECT h.load_id, h.state, h.hold_id, h.hold_fen, t.state, t.amount_fen
+FROM load_hold h LEFT JOIN transfers t ON t.id = h.hold_id AND t.kind = 'pending'
+WHERE t.id IS NULL OR t.amount_fen <> h.hold_fen
+   OR t.state <> CASE h.state WHEN 'held' THEN 'pending' WHEN 'dealt' THEN 'pending'
+                              WHEN 'frozen' THEN 'frozen' WHEN 'settled' THEN 'posted'
+                              ELSE 'voided' END
+ORDER BY 1
+"""
+
+
+async def _deal_settled_at_most_once(conn: asyncpg.Connection, report: Report) -> None:
+    for deal_id, posts, payouts, records in await conn.fetch(_DEALS_SETTLED_TWICE):
+        report.add(DEAL_SETTLED_AT_MOST_ONCE, deal_id,
+                   f"{posts} posts, {payouts} payouts, {records} settlement records")  # fmt: skip
+
+
+async def _delivered_deal_settled(conn: asyncpg.Connection, report: Report) -> None:
+    for event_id, load_id, state, records, posts in await conn.fetch(_DELIVERED_NOT_SETTLED):
+        if state is None:
+            report.add(DELIVERED_DEAL_SETTLED, load_id, f"delivered ({event_id}), no hold")
+        else:
+            report.add(DELIVERED_DEAL_SETTLED, load_id,
+                       f"delivered ({event_id}) but {state}, {posts} posts,"
+                       f" {records} deal.settled")  # fmt: skip
+
+
+async def _hold_belongs_to_live_order(conn: asyncpg.Connection, report: Report) -> None:
+    for hold_id, hold_state, load_id, load_state in await conn.fetch(_HOLDS_WITHOUT_ORDER):
+        report.add(HOLD_BELONGS_TO_LIVE_ORDER, hold_id,
+                   f"{hold_state} hold, load {load_id or 'none'} {load_state or ''}".rstrip())  # fmt: skip
+    for load_id, state, hold_id, hold_fen, t_state, t_fen in await conn.fetch(_ORDERS_WITHOUT_HOLD):
+        have = "no such hold" if t_state is None else f"hold {t_state} of {t_fen}"
+        report.add(HOLD_BELONGS_TO_LIVE_ORDER, load_id,
+                   f"{state} with hold {hold_id} of {hold_fen}: {have}")  # fmt: skip
+
+
+# The tables the settler's hooks read (load_hold is the gate's, the others the settler's).
+SETTLER_TABLES: tuple[str, ...] = ("load_hold", "settler_inbox", "settler_outbox")
+
+
+def settler_hooks() -> list[Hook]:
+    """The settler's invariants, for check_database (over a schema with SETTLER_TABLES)."""
+    return [
+        Hook((DEAL_SETTLED_AT_MOST_ONCE,), _deal_settled_at_most_once),
+        Hook((DELIVERED_DEAL_SETTLED,), _delivered_deal_settled),
+        Hook((HOLD_BELONGS_TO_LIVE_ORDER,), _hold_belongs_to_live_order),
+    ]

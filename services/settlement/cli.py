@@ -71,6 +71,11 @@ async def _check(database_url: str, schema: str) -> checks.Report:
         if found != 2:
             raise LookupError(f"schema {schema!r} holds no ledger")
         await conn.execute("SELECT set_config('search_path', $1, false)", schema)
-        return await checks.check_database(conn)
+        # The settler's invariants too, once its tables (and the gate's load_hold) exist.
+        have = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)",
+            schema, list(checks.SETTLER_TABLES))  # fmt: skip
+        hooks = checks.settler_hooks() if have == len(checks.SETTLER_TABLES) else []
+        return await checks.check_database(conn, hooks)
     finally:
         await conn.close()

@@ -59,12 +59,12 @@ async def get_statement(
     return _json({"items": rows[:limit], "next_after": next_after})
 
 
-@router.get("/transfers/{transfer_id}")
-async def get_transfer(transfer_id: Annotated[str, Path(min_length=1, max_length=300)],
-                       request: Request) -> Response:  # fmt: skip
-    """204 when the transfer is recorded, 404 when it is not (yet)."""
-    found = await statement.transfer_exists(_pool(request), transfer_id)
-    return Response(status_code=204 if found else 404)
+@router.get("/commands/{command_id}")
+async def get_command(command_id: Annotated[str, Path(min_length=1, max_length=128)],
+                      request: Request) -> Response:  # fmt: skip
+    """The gate's decision on a command: 200 {outcome, reason}, 404 while undecided."""
+    doc = await statement.command_outcome(_pool(request), command_id)
+    return _json(doc) if doc is not None else _json({"command_id": command_id}, 404)
 
 
 def install(app) -> None:

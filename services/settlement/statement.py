@@ -68,5 +68,10 @@ async def lines(
     return out
 
 
-async def transfer_exists(conn: asyncpg.Connection | asyncpg.Pool, transfer_id: str) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM transfers WHERE id = $1", transfer_id))
+async def command_outcome(conn: asyncpg.Connection | asyncpg.Pool, command_id: str) -> dict | None:
+    """The funding gate's decision on a command ({outcome, reason}: gate.py's outcome
+    words), or None while the gate has not decided it."""
+    row = await conn.fetchrow(
+        "SELECT outcome, reason FROM gate_decisions WHERE command_id = $1", command_id
+    )
+    return None if row is None else {"outcome": row["outcome"], "reason": row["reason"]}

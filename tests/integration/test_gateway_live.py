@@ -63,12 +63,37 @@ def _drop_schema(database_url: str, schema: str) -> None:
     asyncio.run(drop())
 
 
+def _wait_healthy(proc: subprocess.Popen, url: str, what: str, log_name: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, f"{what} exited {proc.returncode}; see {log_name}"
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{what} not healthy within 60 s"
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, database_url, tmp_path_factory):
+    """The gateway and the settlement service it reads balances from, as processes."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     schema = f"t_{uuid.uuid4().hex[:12]}"
+    settlement_schema = f"t_{uuid.uuid4().hex[:12]}"
     asyncio.run(create_topics(kafka_bootstrap, prefix, partitions=1))
-    port = free_port_block(1)
+    port = free_port_block(2)
+    settlement_port = port + 1
     env = dict(
         os.environ,
         WLEX_KAFKA_BOOTSTRAP=kafka_bootstrap,
@@ -76,6 +101,8 @@ def live(kafka_bootstrap, database_url, tmp_path_factory):
         WLEX_TOPIC_PREFIX=prefix,
         WLEX_HTTP_PORT=str(port),
         WLEX_GATEWAY_DB_SCHEMA=schema,
+        WLEX_GATEWAY_SETTLEMENT_URL=f"http://127.0.0.1:{settlement_port}",
+        WLEX_DB_SCHEMA=settlement_schema,
         # Schemathesis sends hundreds of requests with one key.
         WLEX_GATEWAY_RATE_PER_S="100000",
         WLEX_GATEWAY_RATE_BURST="100000",
@@ -83,40 +110,40 @@ def live(kafka_bootstrap, database_url, tmp_path_factory):
     keys = {}
     for role in ("operator", "shipper", "carrier"):
         keys[role] = _cli(env, "create", "--role", role, "--name", f"live {role}").strip()
-    log = (tmp_path_factory.mktemp("gateway") / "gateway.log").open("wb")
+    logs = tmp_path_factory.mktemp("gateway")
+    settlement_log = (logs / "settlement.log").open("wb")
+    settlement = subprocess.Popen(
+        [sys.executable, "-m", "services.settlement"], env=env | {"WLEX_HTTP_PORT": str(settlement_port)},
+        cwd=ROOT, stdout=settlement_log, stderr=settlement_log,
+    )  # fmt: skip
+    log = (logs / "gateway.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}"
+    code = None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"gateway exited {proc.returncode}; see {log.name}"
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "gateway not healthy within 60 s"
-            time.sleep(0.2)
+        _wait_healthy(
+            settlement, f"http://127.0.0.1:{settlement_port}", "settlement", settlement_log.name
+        )
+        _wait_healthy(proc, url, "gateway", log.name)
         yield Live(url, env, schema, prefix + "commands", keys)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        code = _stop(proc)
+        settlement_code = _stop(settlement)
         log.close()
+        settlement_log.close()
         _drop_schema(database_url, schema)
+        _drop_schema(database_url, settlement_schema)
     assert code == 0, f"gateway exited {code} on SIGTERM; see {log.name}"
+    assert settlement_code == 0, f"settlement exited {settlement_code}; see {settlement_log.name}"
 
 
 def test_cli_keys_work_and_healthz_metrics_answer(live):
     me = httpx.get(live.url + "/v1/me", headers={"Authorization": f"Bearer {live.keys['shipper']}"})
     assert me.status_code == 200 and me.json()["role"] == "shipper"
     health = httpx.get(live.url + "/healthz").json()
-    assert set(health["checks"]) == {"main", "postgres", "kafka"}
+    assert set(health["checks"]) == {"main", "postgres", "kafka", "projection"}
     metrics = httpx.get(live.url + "/metrics").text
     assert 'wlex_gateway_http_requests_total{method="GET",route="/v1/me",status="200"}' in metrics
     listed = _cli(live.env, "list")
