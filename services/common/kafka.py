@@ -14,6 +14,7 @@ services.common.kafka_transactions; without transactions:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from services.common.deadletter import (
 )
 from services.common.envelope import DecodeError, decode, encode
 from services.common.metrics import KafkaMetrics
+
+log = logging.getLogger(__name__)
 
 Output = tuple[str, str | None, dict[str, Any]]  # (full topic name, key, envelope)
 
@@ -297,3 +300,18 @@ def count_dead(metrics: KafkaMetrics | None, dead: list[DeadLetter], dlq_topic: 
     for letter in dead:
         metrics.dead_lettered.labels(letter.record.topic, letter.reason).inc()
         metrics.produced.labels(dlq_topic).inc()
+
+
+# ----------------------------------------------------------------------------- stopping
+
+STOP_TIMEOUT_S = 5.0
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """client.stop(), bounded: with the broker gone a producer's stop() waits for a
+    flush that never comes, and the process would outlive its shutdown timeout."""
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await client.stop()
+    except TimeoutError:
+        log.warning("%s did not stop within %.0fs", type(client).__name__, STOP_TIMEOUT_S)

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.common.kafka import Batch, decode_batch
+from services.common.kafka import Batch, decode_batch, stop_client
 from services.common.kafka_transactions import TransactionAborted, commit_in_transaction, rewind
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,6 @@ class Outputs:
     records: dict[int, list[Record]] = field(default_factory=dict)
     extras: list[Extra] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # the transform's, for on_commit
-
-
-STOP_TIMEOUT_S = 5.0
-
-
-async def stop_client(client) -> None:
-    """client.stop(), bounded: with the broker gone a producer's stop() waits for a
-    flush that never comes, and the process would outlive its shutdown timeout."""
-    try:
-        async with asyncio.timeout(STOP_TIMEOUT_S):
-            await client.stop()
-    except TimeoutError:
-        log.warning("%s did not stop within %.0fs", type(client).__name__, STOP_TIMEOUT_S)
 
 
 def raw_batch(fetched) -> Batch:

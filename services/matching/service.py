@@ -32,6 +32,7 @@ from services.common.kafka import (
     make_consumer,
     make_producer,
     static_partitions,
+    stop_client,
     transactional_id_for,
 )
 from services.common.runner import ServiceContext
@@ -40,7 +41,7 @@ from services.matching.clock import run_clock
 from services.matching.config import MatchingSettings
 from services.matching.engine import Engine
 from services.matching.metrics import MatchingMetrics, matching_metrics
-from services.matching.pipeline import Outputs, Pipeline, stop_client
+from services.matching.pipeline import Outputs, Pipeline
 
 log = logging.getLogger(__name__)
 

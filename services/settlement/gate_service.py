@@ -43,6 +43,7 @@ from services.common.kafka import (
     make_consumer,
     make_producer,
     static_partitions,
+    stop_client,
     transactional_id_for,
 )
 from services.common.kafka_transactions import TransactionAborted, commit_in_transaction, rewind
@@ -59,7 +60,6 @@ TXN_SERVICE = "settlement-gate"  # transactional ids: settlement-gate@<commands>
 ABORTS_IN_A_ROW_MAX = 5
 POLL_TIMEOUT_MS = 100
 GAUGES_INTERVAL_S = 5.0
-STOP_TIMEOUT_S = 5.0
 
 Produced = tuple[str, int, bytes | None, bytes]  # (topic address, partition, key, value)
 
@@ -211,15 +211,15 @@ class FundingGate:
                         raise
                     # A new producer, a new epoch: aiokafka keeps counting the sequence
                     # numbers of refused records (kafka_transactions.run_transactional).
-                    await _stop(producer)
+                    await stop_client(producer)
                     producer = new_producer()
                     await producer.start()
                     continue
                 aborts = 0
                 self._on_commit(batch, decided, commit_s)
         finally:
-            await _stop(consumer)
-            await _stop(producer)
+            await stop_client(consumer)
+            await stop_client(producer)
 
     # -- the PostgreSQL transaction ---------------------------------------------------------
 
@@ -248,7 +248,7 @@ class FundingGate:
         # statement: gate_decisions and load_hold only grow, and every statement here
         # looks a batch's keys up in them, where a generic plan or a hash join over a
         # scan of the whole table would cost more with every batch.
-        await conn.execute(store._PLANNER)
+        await conn.execute(store.PLANNER)
         ids = [m["id"] for m in batch.messages]
         recorded = {r[0]: r for r in await conn.fetch(_READ_DECISIONS, ids)}
         # Each message's records, in batch order: recorded ones now, new ones after planning.
@@ -382,7 +382,7 @@ class FundingGate:
                 await probe.partitions_for(self.topics[gate.SETTLEMENT])
             )
         finally:
-            await _stop(probe)
+            await stop_client(probe)
         if n_commands != n_orders:
             raise RuntimeError(f"{self.commands} has {n_commands} partitions and orders {n_orders}: "
                                "the gate writes commands partition p to orders partition p")  # fmt: skip
@@ -394,13 +394,3 @@ class FundingGate:
             lso = consumer.last_stable_offset(tp)
             if lso is not None:
                 self.metrics.gate_lag.labels(str(p)).set(max(0, lso - await consumer.position(tp)))
-
-
-async def _stop(client) -> None:
-    """client.stop(), bounded: with the broker gone a producer's stop() waits for a flush
-    that never comes (services/matching/pipeline.py has the same guard)."""
-    try:
-        async with asyncio.timeout(STOP_TIMEOUT_S):
-            await client.stop()
-    except TimeoutError:
-        log.warning("%s did not stop within %.0fs", type(client).__name__, STOP_TIMEOUT_S)

@@ -42,6 +42,7 @@ from services.common.kafka_transactions import rewind
 from services.common.metrics import kafka_metrics
 from services.common.runner import ServiceContext
 from services.settlement import settler as rules
+from services.settlement import store
 from services.settlement.config import SettlementSettings
 from services.settlement.ledger import EXISTS, LINKED_EVENT_FAILED, OK
 from services.settlement.metrics import SettlementMetrics, settlement_metrics
@@ -60,9 +61,6 @@ FAILURES_IN_A_ROW_MAX = 10  # batches that failed (database away): then the proc
 POLL_TIMEOUT_MS = 100
 LAG_INTERVAL_S = 5.0
 
-# As store._PLANNER, for the whole transaction (apply_in sets it again): every statement
-# here looks rows up by key, and the planner's generic plans went wrong on these tables.
-_PLANNER = "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = off"
 # Inserted as applied and corrected in the same transaction once the rules have run.
 _INSERT_INBOX = """
 INSERT INTO settler_inbox (event_id, type, load_id, outcome, ts_ms)
@@ -274,7 +272,9 @@ class SettlerService:
                 taken.setdefault(e["id"], e)  # the same id twice in a batch: the first
         if not taken:
             return report
-        await conn.execute(_PLANNER)
+        # For the whole transaction (apply_in sets it again): every statement here looks
+        # rows up by key, and the planner's generic plans went wrong on these tables.
+        await conn.execute(store.PLANNER)
         ids = sorted(taken)  # two instances inserting the same ids queue, in one order
         new_ids = {r[0] for r in await conn.fetch(
             _INSERT_INBOX, ids, [taken[i]["type"] for i in ids],

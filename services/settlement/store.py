@@ -60,7 +60,7 @@ _ACCOUNT_COLUMNS = (
 # So, for the rest of the transaction (SET LOCAL), plans are made for the parameters at
 # hand and a sequential scan is a last resort. The settler's statements in the same
 # transaction (inbox by key) want the same.
-_PLANNER = "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = off"
+PLANNER = "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = off"
 
 # Id lists are joined as unnest(...) rather than compared with `= ANY($1)`, which gave
 # the worst of the generic plans (a scan comparing each row with the whole array).
@@ -141,7 +141,7 @@ async def migrate(pool: asyncpg.Pool) -> None:
 async def apply_in(conn: asyncpg.Connection, transfers: Sequence[Transfer]) -> list[str]:
     """Apply a batch inside the caller's open transaction; one result per transfer.
 
-    Sets the planner for the rest of the transaction (see _PLANNER).
+    Sets the planner for the rest of the transaction (see PLANNER).
 
     On any exception the caller must roll back (the batch may be half written); the
     RETRYABLE ones mean the same batch may simply run again.
@@ -157,7 +157,7 @@ async def apply_in(conn: asyncpg.Connection, transfers: Sequence[Transfer]) -> l
             account_ids.add(t.credit_account_id)
         if t.pending_id:
             pending_ids.add(t.pending_id)
-    await conn.execute(_PLANNER)
+    await conn.execute(PLANNER)
     rows = await conn.fetch(_LOCK_ACCOUNTS, sorted(account_ids), list(pending_ids))
     accounts = {r[0]: r for r in rows}
 
