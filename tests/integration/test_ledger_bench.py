@@ -12,7 +12,8 @@ from loadtests import bench_ledger
 pytestmark = pytest.mark.integration
 
 REPORT_KEYS = {
-    "transfers_per_s", "pgbench_tps", "ratio", "ledger", "pgbench", "python", "commit",
+    "transfers_per_s", "pgbench_tps", "ratio", "settler", "ledger", "ledger_transfers_per_s",
+    "pgbench", "python", "commit",
     "machine", "date", "command", "targets",
 }  # fmt: skip
 
@@ -27,3 +28,6 @@ def test_quick_run_writes_every_key(database_url, tmp_path):
     assert report["transfers_per_s"] > 0 and report["pgbench_tps"] > 0
     assert report["ratio"] == report["transfers_per_s"] / report["pgbench_tps"]
     assert report["ledger"]["invariants_ok"] is True
+    # The headline figure is the settler's path: events through SettlerService.settle.
+    assert report["transfers_per_s"] == report["settler"]["transfers_per_s"]
+    assert report["settler"]["invariants_ok"] is True and report["settler"]["transfers"] > 0
