@@ -159,3 +159,26 @@ async def test_injection_in_path_query_and_names_is_inert(gateway):
     assert r.status_code == 201 and r.json()["participant"]["name"] == name
     assert await gateway.count("participant") == 3
     await assert_nothing_changed(gateway)
+
+
+async def test_money_is_each_participants_own(gateway):
+    _, carrier = await gateway.participant("carrier")
+    _, other = await gateway.participant("carrier")
+    _, operator = await gateway.participant("operator")
+    r = await gateway.post("/v1/withdrawals", carrier, {"amount_fen": 5_000, "bank_ref": "W-1"})
+    assert r.status_code == 202, r.text
+    request_id = r.json()["request_id"]
+    [cmd] = await gateway.commands(until=1)
+    # The command names the caller, whatever the body tries: the body has no such field.
+    assert cmd["type"] == "funds.withdraw" and cmd["key"] == cmd["data"]["participant_id"]
+    theirs = await gateway.client.get(f"/v1/money/{request_id}", headers=auth(other))
+    problem(theirs, 404, "not_found")
+    smuggled = {"amount_fen": 5_000, "bank_ref": "W-2", "participant_id": "someone-else"}
+    problem(await gateway.post("/v1/withdrawals", carrier, smuggled), 422, "invalid")
+    # Operators move no money of their own; nobody moves a negative or fractional amount.
+    problem(await gateway.post("/v1/deposits", operator, {"amount_fen": 1, "bank_ref": "x"}),
+            403, "forbidden")  # fmt: skip
+    for amount in (-5, 0, 10.5, "100", 10**13):
+        bad = {"amount_fen": amount, "bank_ref": "x"}
+        problem(await gateway.post("/v1/deposits", carrier, bad), 422, "invalid")
+    assert len(await gateway.commands(until=2, timeout_s=1)) == 1
