@@ -4,7 +4,6 @@ ledger checks and the carrier bot)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from typing import Annotated
@@ -16,6 +15,7 @@ from services.common.settings import get_settings
 from services.gateway import cli as gateway_cli
 from services.sdk import cli as carrier_cli
 from services.settlement import cli as settlement_cli
+from services.sim import cli as sim_cli
 
 app = typer.Typer(
     help="wlex, the open logistics trading exchange.",
@@ -34,6 +34,7 @@ app.add_typer(topics, name="topics")
 app.add_typer(gateway_cli.app, name="participants")
 app.add_typer(carrier_cli.app, name="carrier")
 app.add_typer(settlement_cli.app, name="ledger")
+app.add_typer(sim_cli.app, name="sim")
 
 
 def _stack(brokers: int | None = None):
@@ -94,26 +95,59 @@ def dev_status(json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command("demo")
-def demo(brokers: Annotated[int, typer.Option()] = 1) -> None:
-    """Run the local exchange in the foreground until Ctrl-C, then stop all of it."""
-    stack = _stack(brokers)
-    stopping = False
+def demo(
+    brokers: Annotated[int, typer.Option()] = 1,
+    shippers: Annotated[int, typer.Option(help="Simulated shippers (1-50).")] = 3,
+    carriers: Annotated[int, typer.Option(help="Simulated carriers (1-50).")] = 4,
+    rate: Annotated[float, typer.Option(help="Loads per second, all shippers together.")] = 2.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Seconds of traffic, then wind down and stop; default: until Ctrl-C."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same participants and lanes.")] = 1,
+    no_traffic: Annotated[
+        bool, typer.Option("--no-traffic", help="The exchange alone, no simulated participants.")
+    ] = False,
+) -> None:
+    """Run the local exchange in the foreground with simulated shippers and carriers
+    trading on it, until Ctrl-C (or --duration), then stop all of it."""
+    from services.sim.cli import Signals, simulate
+    from services.sim.run import SimConfig
 
-    def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
-        _print_status(stack.up(), False)
-        typer.echo("the exchange is running; Ctrl-C stops it", err=True)
-        while not stopping:
-            time.sleep(0.2)
+        config = SimConfig("", shippers=shippers, carriers=carriers, rate_per_s=rate,
+                           duration_s=duration, seed=seed)  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    stack = _stack(brokers)
+    signals = Signals()
+    signals.install()
+    try:
+        status = stack.up()
+        _print_status(status, False)
+        for name, svc in status["services"].items():
+            typer.echo(f"  {name:<10} metrics {svc['url']}/metrics", err=True)
+        if no_traffic or signals.stop():
+            typer.echo("the exchange is running; Ctrl-C stops it", err=True)
+            deadline = time.monotonic() + (duration if duration is not None else float("inf"))
+            while not signals.stop() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        else:
+            config.gateway_url = status["services"]["gateway"]["url"]
+            simulate(config, _demo_operator_key(stack), signals)
     finally:
         typer.echo("stopping ...", err=True)
         stack.down()
         typer.echo("stopped", err=True)
+
+
+def _demo_operator_key(stack) -> str:
+    """An operator of the demo, made in the gateway's tables as `wlex participants
+    create` makes one; the simulation registers its participants with its key."""
+    from services.gateway.config import GatewayConfig
+    from services.sim.run import operator_key_from_database
+
+    return asyncio.run(operator_key_from_database(stack.database_url, GatewayConfig().db_schema))
 
 
 @topics.command("create")
