@@ -61,8 +61,9 @@ def serve_bare() -> None:
     """The bare endpoint: FastAPI, one POST that reads a JSON body and answers 202."""
     from services.common import observability
     from services.common.runner import run_service
+    from services.gateway.app import TELEMETRY_OFF
 
-    app = FastAPI()
+    app = FastAPI(telemetry=TELEMETRY_OFF)  # configured as the gateway's app
 
     @app.post("/v1/loads", status_code=202)
     async def post(request: Request) -> Response:
@@ -392,24 +393,67 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _measure(cmd: list[str], env: dict, port: int, keys_file: Path, duration_s: float) -> dict:
+def _stack_processes(state_dir: Path | None) -> dict[str, list[psutil.Process]]:
+    """PostgreSQL (postmaster and backends) and Kafka of a stack this run started."""
+    found: dict[str, list[psutil.Process]] = {"postgres": [], "kafka": []}
+    if state_dir is None:
+        return found
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if not any(str(state_dir) in arg for arg in cmdline):
+            continue
+        if proc.info["name"] == "postgres":
+            found["postgres"] += [proc, *proc.children(recursive=True)]
+        elif proc.info["name"] == "java":
+            found["kafka"].append(proc)
+    return found
+
+
+def _cpu_s(procs: list[psutil.Process]) -> dict[int, float]:
+    """CPU seconds of each process by pid."""
+    out = {}
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # a backend that ended: its time is lost, not counted twice
+            continue
+        out[proc.pid] = t.user + t.system
+    return out
+
+
+def _spent_s(before: dict[int, float], after: dict[int, float]) -> float:
+    # A process that started in between (a backend the pool opened) spent all of its time.
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def _measure(cmd: list[str], env: dict, port: int, keys_file: Path, duration_s: float,
+             state_dir: Path | None = None) -> dict:  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         _wait_healthy(port, proc)
         server = psutil.Process(proc.pid)
         cpu_before = server.cpu_times()
+        others_before = {n: _cpu_s(procs) for n, procs in _stack_processes(state_dir).items()}
         out = subprocess.run(
             [sys.executable, "-m", "loadtests.bench_gateway", "--drive", str(port),
              str(keys_file), str(duration_s)],
             cwd=ROOT, capture_output=True, text=True, timeout=duration_s + 120, check=True,
         )  # fmt: skip
         cpu_after = server.cpu_times()
+        # Listed again: PostgreSQL starts a backend for each connection the pool opens.
+        others_after = {n: _cpu_s(procs) for n, procs in _stack_processes(state_dir).items()}
         result = json.loads(out.stdout)
         # CPU of the server process per request (warm-up included in both counts): less
         # sensitive than rps to what else the shared machine is doing.
         cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-        result["server_cpu_ms_per_request"] = round(cpu_s * 1000 / max(1, result["sent_total"]), 3)
+        sent = max(1, result["sent_total"])
+        result["server_cpu_ms_per_request"] = round(cpu_s * 1000 / sent, 3)
+        if state_dir is not None:
+            # What the request cost PostgreSQL and Kafka (a stack of this run only).
+            for name, after in others_after.items():
+                spent = _spent_s(others_before[name], after)
+                result[f"{name}_cpu_ms_per_request"] = round(spent * 1000 / sent, 3)
         return result
     finally:
         _stop(proc)
@@ -465,11 +509,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     bootstrap = os.environ.get("WLEX_KAFKA_BOOTSTRAP", "")
     database_url = os.environ.get("WLEX_DATABASE_URL", "")
-    stack = None
+    stack = state_dir = None
     if not (bootstrap and database_url):
         from services.devenv.stack import start_isolated
 
-        stack = start_isolated(Path(tempfile.mkdtemp(prefix="wlex-bench-")))
+        state_dir = Path(tempfile.mkdtemp(prefix="wlex-bench-"))
+        stack = start_isolated(state_dir)
         bootstrap, database_url = stack.kafka_bootstrap, stack.database_url
     try:
         schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -493,9 +538,9 @@ def main(argv: list[str] | None = None) -> dict:
         post = bare = None
         if not args.ws_only:
             bare = _measure([sys.executable, "-m", "loadtests.bench_gateway", "--serve-bare"],
-                            env, port, keys_file, args.duration)  # fmt: skip
+                            env, port, keys_file, args.duration, state_dir)  # fmt: skip
             post = _measure([sys.executable, "-m", "services.gateway"], env, port, keys_file,
-                            args.duration)  # fmt: skip
+                            args.duration, state_dir)  # fmt: skip
         ws = None
         if args.ws_carriers:
             lanes = [_lane(i) for i in range(args.ws_lanes)]
@@ -532,6 +577,10 @@ def main(argv: list[str] | None = None) -> dict:
         # A fan-out-only run keeps the last POST figures of the file.
         old = json.loads(args.out.read_text())
         report.update({k: v for k, v in old.items() if k not in report and not k.startswith("ws")})
+    if ws is None and args.out.exists():
+        # A POST-only run (--ws-carriers 0) keeps the last fan-out figures of the file.
+        old = json.loads(args.out.read_text())
+        report.update({k: v for k, v in old.items() if k.startswith("ws")})
     if ws is not None:
         report.update({
             "ws": ws | {"lanes": args.ws_lanes, "duration_s": args.ws_duration,
@@ -550,6 +599,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{report['ratio']}")  # fmt: skip
         print(f"server CPU per request: gateway {post['server_cpu_ms_per_request']} ms,"
               f" bare {bare['server_cpu_ms_per_request']} ms")  # fmt: skip
+        if "postgres_cpu_ms_per_request" in post:
+            print(f"behind each POST: PostgreSQL {post['postgres_cpu_ms_per_request']} ms,"
+                  f" Kafka {post['kafka_cpu_ms_per_request']} ms of CPU")  # fmt: skip
         print(
             f"loads recorded {loads}; 202 answers, warm-up included: {post['accepted_202_total']}"
         )

@@ -39,7 +39,11 @@ def http_app(ctx: ServiceContext):
 
 async def main(ctx: ServiceContext) -> None:
     config = GatewayConfig()
-    pool = await ctx.open_pool(schema=config.db_schema, max_size=config.db_pool_max)
+    # No session reset at each release: the gateway leaves no session state (only
+    # transaction-level advisory locks), and the reset was a round trip per statement.
+    pool = await ctx.open_pool(
+        schema=config.db_schema, max_size=config.db_pool_max, reset_session=False
+    )
     await db.migrate(pool, "gateway")
     producer = make_producer(ctx.settings.kafka_bootstrap, client_id="gateway")
     await producer.start()

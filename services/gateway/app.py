@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 TITLE = "wlex gateway"
 API_VERSION = "1.0.0"
 
+# The house observes with Prometheus (metrics.py), not OpenTelemetry. FastAPI's native
+# telemetry, on by default since 0.16x, looks up the global OTel providers on every
+# request to learn that none is set (a few % of a POST's CPU); older FastAPI versions
+# keep unknown keyword arguments in app.extra, so this is harmless there.
+TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+
 # Bodies read by hand (services.gateway.bodies), documented as components.
 BODY_SCHEMAS: dict[str, Any] = {
     "LoadRequest": LoadRequest,
@@ -57,6 +63,7 @@ def create_app(deps: Deps | None, checks: HealthChecks | None = None) -> FastAPI
         openapi_url="/v1/openapi.json",
         docs_url="/v1/docs",
         redoc_url=None,
+        telemetry=TELEMETRY_OFF,
     )
     app.state.deps = deps
     app.include_router(reference.router)

@@ -40,8 +40,12 @@ async def forward(
     # gateway, and must not reach the engine (500, nothing recorded).
     schemas.validate(command)
 
+    encoded = envelope.encode(command)
+
     async def perform(attempt: idempotency.Attempt) -> idempotency.Answer:
-        stored = envelope.decode(attempt.pending)
+        # A new claim stores the very bytes encoded here; a takeover brings a crashed
+        # attempt's bytes, which must be read back.
+        stored = command if attempt.pending is encoded else envelope.decode(attempt.pending)
         await sink.send(attempt.pending, stored["key"])
         recorded = record(stored)
         await deps.idempotency.finish(
@@ -54,6 +58,6 @@ async def forward(
         call.caller.participant_id,
         call.idem_key,
         fp,
-        envelope.encode(command),
+        encoded,
         perform,
     )

@@ -23,6 +23,7 @@ Requests refused before any effect (401, 403, 400, 422 invalid, 429) record noth
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,10 +33,12 @@ import orjson
 from fastapi.responses import Response
 
 from services.gateway import problems
+from services.gateway.groupcommit import GroupCommit
 
 HEADER = "Idempotency-Key"
 KEY_CHARS_MAX = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
 def parse_header(value: str | None) -> str:
@@ -51,7 +54,7 @@ def parse_header(value: str | None) -> str:
     key = value.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    if not (1 <= len(key) <= KEY_CHARS_MAX) or not all(0x21 <= ord(c) <= 0x7E for c in key):
+    if not (1 <= len(key) <= KEY_CHARS_MAX) or not _VISIBLE_ASCII.fullmatch(key):
         raise problems.ProblemError(
             400,
             problems.IDEMPOTENCY_KEY_INVALID,
@@ -92,25 +95,40 @@ class Attempt:
     pending: bytes
 
 
+# The claims of a group in one statement: one array per column (groupcommit.py).
+_CLAIM = (
+    "INSERT INTO idempotency_key"
+    " (participant_id, idem_key, fingerprint, state, lease_until, expires_at, pending)"
+    " SELECT p, k, f, 'in_flight', now() + lease, now() + ttl, pending"
+    " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::interval[], $5::interval[],"
+    " $6::bytea[]) AS t(p, k, f, lease, ttl, pending)"
+    " ON CONFLICT (participant_id, idem_key) DO NOTHING RETURNING participant_id, idem_key"
+)
+# Kinds of answer statement run in groups (one per route's effect statement); past it
+# a statement runs alone. A bound, not a limit we expect to reach.
+ANSWER_KINDS_MAX = 32
+
+
 class IdempotencyStore:
     def __init__(self, pool: asyncpg.Pool, ttl_s: int, lease_s: float) -> None:
         self._pool = pool
         self._ttl = timedelta(seconds=ttl_s)
         self._lease = timedelta(seconds=lease_s)
+        # The two statements of every POST, each in a group commit with the same
+        # statement of the requests running at the same time (groupcommit.py).
+        self._claims = GroupCommit(pool, _CLAIM, lambda row: (row[0], row[1]), set_based=True)
+        self._answers: dict[str, GroupCommit] = {}
 
     async def begin(
         self, participant_id: str, key: str, fp: bytes, pending: bytes
     ) -> Attempt | Answer:
         """Claims the key (Attempt) or gives the stored answer; raises 409 or 422."""
-        # The common case, a new key, is one round trip.
-        inserted = await self._pool.fetchval(
-            "INSERT INTO idempotency_key"
-            " (participant_id, idem_key, fingerprint, state, lease_until, expires_at, pending)"
-            " VALUES ($1, $2, $3, 'in_flight', now() + $4::interval, now() + $5::interval, $6)"
-            " ON CONFLICT (participant_id, idem_key) DO NOTHING RETURNING 1",
-            participant_id, key, fp, self._lease, self._ttl, pending,
-        )  # fmt: skip
-        if inserted:
+        # The common case, a new key, is one statement, committed with the claims of
+        # the requests that arrived with it.
+        inserted = await self._claims.run(
+            (participant_id, key, fp, self._lease, self._ttl, pending), (participant_id, key)
+        )
+        if inserted is not None:
             return Attempt(participant_id, key, 1, pending)
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
@@ -166,24 +184,33 @@ class IdempotencyStore:
     ) -> bool:
         """Stores the answer; with effect_sql (one data-modifying statement, its
         parameters $1..$n) in the same statement, so that the effect's rows and the
-        answer commit together in one round trip. Without it, call inside the caller's
-        transaction. False when a later attempt took the key over (its answer is the
-        same)."""
+        answer commit together. Given the store's pool, the statement runs in a group
+        commit with the same statement of concurrent requests; given a connection, call
+        inside the caller's transaction. False when a later attempt took the key over
+        (its answer is the same)."""
         n = len(effect_args)
         sql = (
             f"UPDATE idempotency_key SET state = 'done', status = ${n + 4},"
             f" headers = ${n + 5}::jsonb, body = ${n + 6}, pending = NULL"
             f" WHERE participant_id = ${n + 1} AND idem_key = ${n + 2} AND attempt = ${n + 3}"
-            f" AND state = 'in_flight'"
+            f" AND state = 'in_flight' RETURNING participant_id, idem_key, attempt"
         )
         if effect_sql is not None:
             # A data-modifying WITH runs to completion whether or not the UPDATE reads it.
             sql = f"WITH effect AS ({effect_sql}) {sql}"
-        status = await conn.execute(
-            sql, *effect_args, attempt.participant_id, attempt.key, attempt.attempt,
+        args = (
+            *effect_args, attempt.participant_id, attempt.key, attempt.attempt,
             answer.status, orjson.dumps(answer.headers).decode(), answer.body,
         )  # fmt: skip
-        return status.endswith(" 1")
+        group = self._answers.get(sql) if conn is self._pool else None
+        if group is None and conn is self._pool and len(self._answers) < ANSWER_KINDS_MAX:
+            group = self._answers[sql] = GroupCommit(
+                self._pool, sql, lambda row: (row[0], row[1], row[2])
+            )
+        if group is not None:
+            key = (attempt.participant_id, attempt.key, attempt.attempt)
+            return await group.run(args, key) is not None
+        return await conn.fetchrow(sql, *args) is not None
 
     async def release(self, attempt: Attempt) -> None:
         """Gives the lease back after a failed attempt, so a retry may take over now."""

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 from services.common import reasons
 from services.common.envelope import new_id
 from services.gateway import bodies, commands, idempotency, loadlog, pages, problems
-from services.gateway.deps import Call, authorized, documented
+from services.gateway.deps import Call, DirectRoute, authorized, documented
 from services.gateway.forward import Recorded, forward
 from services.gateway.models import (
     LOAD_EXAMPLES,
@@ -29,7 +29,7 @@ from services.gateway.reference import tables
 
 ShipperPost = Annotated[Call, Depends(authorized("shipper", idempotent=True))]
 ShipperGet = Annotated[Call, Depends(authorized("shipper"))]
-router = APIRouter(tags=["loads"])
+router = APIRouter(tags=["loads"], route_class=DirectRoute)
 LOAD_REQUEST = TypeAdapter(LoadRequest)
 LoadId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
 

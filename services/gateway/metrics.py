@@ -40,6 +40,9 @@ class HttpMetrics:
     def __init__(self, app, registry: CollectorRegistry = REGISTRY) -> None:
         self.app = app
         self.requests, self.seconds = _metrics(registry)
+        # (route, method, status) -> the labelled children: labels() costs a lock and a
+        # tuple per call. Bounded like the labels: route templates x methods x statuses.
+        self._children: dict[tuple[str, str, int], tuple] = {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -59,5 +62,12 @@ class HttpMetrics:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.requests.labels(route, method, str(status)).inc()
-            self.seconds.labels(route).observe(time.perf_counter() - started)
+            children = self._children.get((route, method, status))
+            if children is None:
+                children = (
+                    self.requests.labels(route, method, str(status)),
+                    self.seconds.labels(route),
+                )
+                self._children[(route, method, status)] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 from services.common import reasons
 from services.common.envelope import new_id
 from services.gateway import bodies, commands, idempotency, problems
-from services.gateway.deps import Call, authorized, documented
+from services.gateway.deps import Call, DirectRoute, authorized, documented
 from services.gateway.forward import Recorded, forward
 from services.gateway.models import (
     OFFER_EXAMPLES,
@@ -25,7 +25,7 @@ from services.gateway.reference import tables
 
 CarrierPost = Annotated[Call, Depends(authorized("carrier", idempotent=True))]
 CarrierGet = Annotated[Call, Depends(authorized("carrier"))]
-router = APIRouter(tags=["offers"])
+router = APIRouter(tags=["offers"], route_class=DirectRoute)
 OFFER_REQUEST = TypeAdapter(OfferRequest)
 OfferId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
 _ANSWER_HEADERS = {"content-type": "application/json"}
