@@ -51,8 +51,20 @@ class Book:
         "size",
         "garbage",
     )
+    # Typed for a compiler (mypyc), ignored by CPython. A level is an order (a level of
+    # one), a list or a deque of orders: the level dicts' values are left untyped.
+    key: str
+    origin: str
+    destination: str
+    vehicle_class: str
+    offer_prices: list[int]
+    offer_levels: dict
+    load_prices: list[int]
+    load_levels: dict
+    size: int
+    garbage: int
 
-    def __init__(self, key, origin, destination, vehicle_class):
+    def __init__(self, key: str, origin: str, destination: str, vehicle_class: str) -> None:
         self.key = key
         self.origin = origin
         self.destination = destination
@@ -64,7 +76,7 @@ class Book:
         self.size = 0  # live resting orders, both sides
         self.garbage = 0  # dead entries still inside the queues
 
-    def lane(self) -> dict:
+    def lane(self) -> dict[str, str]:
         """The lane object as events carry it (a fresh dict: events never share state)."""
         return {
             "origin": self.origin,
@@ -74,7 +86,7 @@ class Book:
 
     # -- resting ---------------------------------------------------------------------
 
-    def add_offer(self, offer) -> None:
+    def add_offer(self, offer: Offer) -> None:
         levels = self.offer_levels
         price = offer.ask_fen
         level = levels.get(price)
@@ -89,7 +101,7 @@ class Book:
                 levels[price] = deque(level)
         self.size += 1
 
-    def add_load(self, load) -> None:
+    def add_load(self, load: Load) -> None:
         levels = self.load_levels
         price = load.limit_fen
         level = levels.get(price)
@@ -104,18 +116,18 @@ class Book:
                 levels[price] = deque(level)
         self.size += 1
 
-    def remove_offer(self, offer) -> None:
+    def remove_offer(self, offer: Offer) -> None:
         """Take a live offer out of the book (it traded out, was cancelled or expired)."""
         offer.live = False
         self.size -= 1
         self._unlink(offer, offer.ask_fen, self.offer_levels, self.offer_prices)
 
-    def remove_load(self, load) -> None:
+    def remove_load(self, load: Load) -> None:
         load.live = False
         self.size -= 1
         self._unlink(load, load.limit_fen, self.load_levels, self.load_prices)
 
-    def _unlink(self, order, price, levels, prices) -> None:
+    def _unlink(self, order, price: int, levels: dict, prices: list[int]) -> None:
         level = levels[price]
         if level is order:  # a level of one
             del levels[price]
@@ -145,10 +157,11 @@ class Book:
 
     def compact(self) -> None:
         """Drop every dead entry; arrival order within each level is kept."""
-        for levels, prices in (
+        sides: tuple[tuple[dict, list[int]], ...] = (
             (self.offer_levels, self.offer_prices),
             (self.load_levels, self.load_prices),
-        ):
+        )
+        for levels, prices in sides:
             for price in list(prices):
                 level = levels[price]
                 if type(level) is Offer or type(level) is Load:
@@ -165,7 +178,9 @@ class Book:
 
     # -- matching --------------------------------------------------------------------
 
-    def best_offer(self, weight_kg, volume_dm3, pickup_from, pickup_to, limit_fen):
+    def best_offer(
+        self, weight_kg: int, volume_dm3: int, pickup_from: int, pickup_to: int, limit_fen: int
+    ) -> Offer | None:
         """The eligible resting offer with the lowest ask, earliest first, or None."""
         prices = self.offer_prices
         levels = self.offer_levels
@@ -193,7 +208,9 @@ class Book:
                     return offer
         return None
 
-    def best_loads(self, ask, rem_kg, rem_dm3, avail_from, avail_to, consolidate):
+    def best_loads(
+        self, ask: int, rem_kg: int, rem_dm3: int, avail_from: int, avail_to: int, consolidate: bool
+    ) -> list[Load]:
         """The resting market loads an offer takes (ask, remainders, availability), in
         the order it takes them.
 
@@ -204,7 +221,7 @@ class Book:
         """
         prices = self.load_prices
         levels = self.load_levels
-        taken = []
+        taken: list[Load] = []
         i = len(prices) - 1
         while i >= 0:
             price = prices[i]

@@ -15,8 +15,16 @@ from __future__ import annotations
 
 INT_MAX = 2**63 - 1
 
+# What the parsers return. The annotations serve a compiler (mypyc: see
+# loadtests/bench_core_mypyc.py) and CPython ignores them; an unannotated parameter is
+# any object (a command's data may be anything).
+LaneParts = tuple[str, str, str, str]  # origin, destination, vehicle_class, key
+AuctionTerms = tuple[int, int | None, int | None, bool]  # closes_at, reserve, instant, sealed
+LoadPost = tuple[str, str, LaneParts, int, int, int, int, int, AuctionTerms | None]
+OfferPost = tuple[str, str, LaneParts, int, int, int, int, int, bool]
 
-def ref_of(data, field):
+
+def ref_of(data, field: str) -> str | None:
     """The id a command names, for its rejection: a string, else None."""
     if type(data) is dict:
         ref = data.get(field)
@@ -37,7 +45,7 @@ def _time(x) -> bool:
     return type(x) is int and 0 <= x <= INT_MAX
 
 
-def lane_parts(lane):
+def lane_parts(lane) -> LaneParts | None:
     """(origin, destination, vehicle_class, key) of a valid lane object, else None."""
     try:
         o = lane["origin"]
@@ -64,10 +72,11 @@ def is_time(x) -> bool:
     return type(x) is int and 0 <= x <= INT_MAX
 
 
-def parse_load_post(data):
+def parse_load_post(data) -> LoadPost | None:
     """(load_id, shipper_id, lane_parts, weight_kg, volume_dm3, pickup_from, pickup_to,
     limit_fen, auction) with auction None for a market load, else
-    (closes_at, reserve_fen, instant_fen, sealed)."""
+    (closes_at, reserve_fen, instant_fen, sealed) and limit_fen 0 (an auction load has no
+    limit; 0 keeps the field an int)."""
     if type(data) is not dict:
         return None
     try:
@@ -135,13 +144,13 @@ def parse_load_post(data):
             volume_dm3,
             pickup_from,
             pickup_to,
-            None,
+            0,
             (closes_at, reserve_fen, instant_fen, sealed),
         )
     return None
 
 
-def parse_offer_post(data):
+def parse_offer_post(data) -> OfferPost | None:
     """(offer_id, carrier_id, lane_parts, capacity_kg, capacity_dm3, available_from,
     available_to, ask_fen, consolidate)."""
     if type(data) is not dict:
@@ -186,7 +195,7 @@ def parse_offer_post(data):
     )
 
 
-def parse_bid_place(data):
+def parse_bid_place(data) -> tuple[str, str, str, int] | None:
     """(bid_id, load_id, carrier_id, price_fen)."""
     if type(data) is not dict:
         return None
@@ -204,7 +213,7 @@ def parse_bid_place(data):
     return None
 
 
-def parse_pair(data, ref_field, owner_field):
+def parse_pair(data, ref_field: str, owner_field: str) -> tuple[str, str] | None:
     """(ref_id, owner_id) of a cancel or a withdrawal."""
     if type(data) is not dict:
         return None

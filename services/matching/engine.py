@@ -10,6 +10,7 @@ made where the brief was silent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heappop, heappush
 
 from services.common.reasons import (
@@ -26,6 +27,7 @@ from services.matching import snapshot as _snapshot
 from services.matching.book import Book
 from services.matching.commands import (
     INT_MAX,
+    LaneParts,
     is_time,
     parse_bid_place,
     parse_load_post,
@@ -37,7 +39,7 @@ from services.matching.orders import Auction, Bid, Load, Offer
 from services.matching.timers import Timers
 
 # The field a command names as its ref_id when it is refused.
-REF_FIELD = {
+REF_FIELD: dict[str, str | None] = {
     "load.post": "load_id",
     "offer.post": "offer_id",
     "bid.place": "bid_id",
@@ -63,8 +65,19 @@ class Engine:
     """Matches commands of many lanes. Deterministic: same log in, same events out."""
 
     __slots__ = ("now", "seq", "books", "loads", "offers", "bids", "timers", "_names", "_handlers")
+    # Typed for a compiler (mypyc, loadtests/bench_core_mypyc.py); CPython ignores them.
+    # An unannotated parameter (a command's data or key) is any object.
+    now: int
+    seq: int
+    books: dict[str, Book]
+    loads: dict  # load_id -> Load | Auction
+    offers: dict[str, Offer]
+    bids: dict[str, Bid]
+    timers: Timers
+    _names: dict[str, str]
+    _handlers: dict[str, Callable[..., None]]
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.now = 0  # epoch ms: the max ts seen so far
         self.seq = 0  # arrival order of accepted orders (loads, offers, bids)
         self.books = {}  # lane key -> Book
@@ -88,7 +101,7 @@ class Engine:
 
     # -- the log ---------------------------------------------------------------------
 
-    def process(self, commands: list[dict]) -> list[dict]:
+    def process(self, commands: list) -> list[dict]:
         """Handle `commands` in order; return every outcome envelope in order."""
         out: list[dict] = []
         handlers = self._handlers
@@ -129,7 +142,7 @@ class Engine:
                 handler(data, out, base, cid, key)
         return out
 
-    def _odd(self, cmd, out, base) -> None:
+    def _odd(self, cmd, out, base):  # unannotated: a command may be anything
         """A command whose envelope is incomplete or mistyped (the careful path)."""
         if type(cmd) is not dict:
             _reject(out, base, "", None, None, INVALID, self.now)
@@ -161,7 +174,7 @@ class Engine:
         else:
             handler(cmd.get("data"), out, base, cid, key)
 
-    def _fire(self, out, base, cid) -> None:
+    def _fire(self, out: list[dict], base: int, cid: str) -> None:
         """Every timer due at now, in (deadline, arrival) order."""
         now = self.now
         for order in self.timers.pop_due(now):
@@ -180,7 +193,7 @@ class Engine:
                 ref = order.offer_id
             _emit(out, base, cid, "order.expired", now, book.key, {"ref_id": ref})
 
-    def _book(self, parts) -> Book:
+    def _book(self, parts: LaneParts) -> Book:
         book = self.books.get(parts[3])
         if book is None:
             book = self.books[parts[3]] = Book(parts[3], parts[0], parts[1], parts[2])
@@ -197,7 +210,7 @@ class Engine:
 
     # -- commands --------------------------------------------------------------------
 
-    def _load_post(self, data, out, base, cid, key) -> None:
+    def _load_post(self, data, out: list[dict], base: int, cid: str, key) -> None:
         now = self.now
         p = parse_load_post(data)
         if p is None:
@@ -297,7 +310,7 @@ class Engine:
         )
         return None
 
-    def _offer_post(self, data, out, base, cid, key) -> None:
+    def _offer_post(self, data, out: list[dict], base: int, cid: str, key) -> None:
         now = self.now
         p = parse_offer_post(data)
         if p is None:
@@ -404,7 +417,7 @@ class Engine:
         )
         return None
 
-    def _bid_place(self, data, out, base, cid, key) -> None:
+    def _bid_place(self, data, out: list[dict], base: int, cid: str, key) -> None:
         now = self.now
         p = parse_bid_place(data)
         if p is None:
@@ -419,9 +432,10 @@ class Engine:
             return _reject(out, base, cid, key, bid_id, NOT_AUCTION, now)
         if a.reserve_fen is not None and price_fen > a.reserve_fen:
             return _reject(out, base, cid, key, bid_id, ABOVE_RESERVE, now)
-        best = _best_bid(a)
-        if best is not None:
-            best = best.price_fen
+        top = _best_bid(a)
+        best: int | None = None
+        if top is not None:
+            best = top.price_fen
             # Only an open auction shows its best bid, so only there must a bid beat it;
             # in a sealed one nobody knows what to beat, and the lowest wins at the close.
             if not a.sealed and price_fen >= best:
@@ -455,7 +469,7 @@ class Engine:
             self._close(a, out, base, cid, by_timer=False)
         return None
 
-    def _load_cancel(self, data, out, base, cid, key) -> None:
+    def _load_cancel(self, data, out: list[dict], base: int, cid: str, key) -> None:
         now = self.now
         p = parse_pair(data, "load_id", "shipper_id")
         if p is None:
@@ -476,7 +490,7 @@ class Engine:
         _emit(out, base, cid, "order.cancelled", now, load.book.key, {"ref_id": load_id})
         return None
 
-    def _offer_cancel(self, data, out, base, cid, key) -> None:
+    def _offer_cancel(self, data, out: list[dict], base: int, cid: str, key) -> None:
         now = self.now
         p = parse_pair(data, "offer_id", "carrier_id")
         if p is None:
@@ -493,7 +507,7 @@ class Engine:
         _emit(out, base, cid, "order.cancelled", now, offer.book.key, {"ref_id": offer_id})
         return None
 
-    def _bid_withdraw(self, data, out, base, cid, key) -> None:
+    def _bid_withdraw(self, data, out: list[dict], base: int, cid: str, key) -> None:
         now = self.now
         p = parse_pair(data, "bid_id", "carrier_id")
         if p is None:
@@ -517,7 +531,7 @@ class Engine:
 
     # -- auctions --------------------------------------------------------------------
 
-    def _close(self, a, out, base, cid, by_timer) -> None:
+    def _close(self, a: Auction, out: list[dict], base: int, cid: str, by_timer: bool) -> None:
         """Deal with the lowest live bid, earliest first, then auction.closed."""
         now = self.now
         a.live = False
@@ -563,7 +577,7 @@ class Engine:
         )
         self._drop_bids(a)
 
-    def _drop_bids(self, a) -> None:
+    def _drop_bids(self, a: Auction) -> None:
         bids = self.bids
         for entry in a.bids:
             bid = entry[2]
@@ -598,7 +612,7 @@ class Engine:
         return engine
 
 
-def _best_bid(a):
+def _best_bid(a: Auction) -> Bid | None:
     """The lowest live bid of auction `a`, earliest first, or None (pops dead tops)."""
     heap = a.bids
     while heap:
@@ -610,12 +624,12 @@ def _best_bid(a):
     return None
 
 
-def _clock_tick(data, out, base, cid, key) -> None:
+def _clock_tick(data, out: list[dict], base: int, cid: str, key) -> None:
     """A tick only moves the clock; its timers fired before it was handled."""
     return None
 
 
-def _emit(out, base, cid, typ, now, key, data) -> None:
+def _emit(out: list[dict], base: int, cid: str, typ: str, now: int, key, data: dict) -> None:
     """Append one outcome envelope of command cid (its index counted from base). The hot
     outcomes (deal.made, load.rested, offer.rested) build the same dict inline."""
     out.append(
@@ -632,7 +646,9 @@ def _emit(out, base, cid, typ, now, key, data) -> None:
     )
 
 
-def _reject(out, base, cid, key, ref_id, reason, now) -> None:
+def _reject(
+    out: list[dict], base: int, cid: str, key, ref_id: str | None, reason: str, now: int
+) -> None:
     out.append(
         {
             "id": cid + _IX[i] if (i := len(out) - base) < _NIX else f"{cid}:{i}",

@@ -9,6 +9,12 @@ entries lazily, so removal never searches a queue.
 
 from __future__ import annotations
 
+# Type checkers (and mypyc) treat a name TYPE_CHECKING as true; at run time the import
+# below never happens, so orders and books, which point at each other, import no cycle.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from services.matching.book import Book
+
 
 class Load:
     """A market load resting in its lane's book (highest limit, earliest first)."""
@@ -25,19 +31,31 @@ class Load:
         "seq",
         "live",
     )
+    # The annotations say what each slot holds; a compiler (mypyc, see
+    # loadtests/bench_core_mypyc.py) turns them into native fields. CPython ignores them.
+    load_id: str
+    shipper_id: str
+    book: Book
+    weight_kg: int
+    volume_dm3: int
+    pickup_from: int
+    pickup_to: int
+    limit_fen: int
+    seq: int
+    live: bool
 
     def __init__(
         self,
-        load_id,
-        shipper_id,
-        book,
-        weight_kg,
-        volume_dm3,
-        pickup_from,
-        pickup_to,
-        limit_fen,
-        seq,
-    ):
+        load_id: str,
+        shipper_id: str,
+        book: Book,
+        weight_kg: int,
+        volume_dm3: int,
+        pickup_from: int,
+        pickup_to: int,
+        limit_fen: int,
+        seq: int,
+    ) -> None:
         self.load_id = load_id
         self.shipper_id = shipper_id
         self.book = book
@@ -66,20 +84,31 @@ class Offer:
         "seq",
         "live",
     )
+    offer_id: str
+    carrier_id: str
+    book: Book
+    remaining_kg: int
+    remaining_dm3: int
+    available_from: int
+    available_to: int
+    ask_fen: int
+    consolidate: bool
+    seq: int
+    live: bool
 
     def __init__(
         self,
-        offer_id,
-        carrier_id,
-        book,
-        remaining_kg,
-        remaining_dm3,
-        available_from,
-        available_to,
-        ask_fen,
-        consolidate,
-        seq,
-    ):
+        offer_id: str,
+        carrier_id: str,
+        book: Book,
+        remaining_kg: int,
+        remaining_dm3: int,
+        available_from: int,
+        available_to: int,
+        ask_fen: int,
+        consolidate: bool,
+        seq: int,
+    ) -> None:
         self.offer_id = offer_id
         self.carrier_id = carrier_id
         self.book = book
@@ -113,8 +142,29 @@ class Auction:
         "bids",
         "dead",
     )
+    load_id: str
+    shipper_id: str
+    book: Book
+    closes_at: int
+    reserve_fen: int | None
+    instant_fen: int | None
+    sealed: bool
+    seq: int
+    live: bool
+    bids: list[tuple[int, int, Bid]]
+    dead: int
 
-    def __init__(self, load_id, shipper_id, book, closes_at, reserve_fen, instant_fen, sealed, seq):
+    def __init__(
+        self,
+        load_id: str,
+        shipper_id: str,
+        book: Book,
+        closes_at: int,
+        reserve_fen: int | None,
+        instant_fen: int | None,
+        sealed: bool,
+        seq: int,
+    ) -> None:
         self.load_id = load_id
         self.shipper_id = shipper_id
         self.book = book
@@ -132,8 +182,16 @@ class Bid:
     """A live bid in an open auction."""
 
     __slots__ = ("bid_id", "carrier_id", "auction", "price_fen", "seq", "live")
+    bid_id: str
+    carrier_id: str
+    auction: Auction
+    price_fen: int
+    seq: int
+    live: bool
 
-    def __init__(self, bid_id, carrier_id, auction, price_fen, seq):
+    def __init__(
+        self, bid_id: str, carrier_id: str, auction: Auction, price_fen: int, seq: int
+    ) -> None:
         self.bid_id = bid_id
         self.carrier_id = carrier_id
         self.auction = auction

@@ -23,13 +23,21 @@ from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
 
+from services.matching.orders import Auction
+
 _DEAD_MIN = 1024
 
 
 class Timers:
     __slots__ = ("expiries", "closes", "dead", "loads", "offers")
+    # Typed for a compiler (mypyc), ignored by CPython.
+    expiries: list[tuple[int, int, str]]
+    closes: list[tuple[int, int, Auction]]
+    dead: int
+    loads: dict
+    offers: dict
 
-    def __init__(self, loads=None, offers=None):
+    def __init__(self, loads: dict | None = None, offers: dict | None = None) -> None:
         self.expiries = []  # (deadline, seq, load_id | offer_id): due when deadline < now
         self.closes = []  # (closes_at, seq, Auction): due when closes_at <= now
         self.dead = 0
@@ -38,19 +46,19 @@ class Timers:
         self.loads = {} if loads is None else loads
         self.offers = {} if offers is None else offers
 
-    def add_expiry(self, deadline, seq, ref) -> None:
+    def add_expiry(self, deadline: int, seq: int, ref: str) -> None:
         heappush(self.expiries, (deadline, seq, ref))
 
-    def add_close(self, closes_at, seq, auction) -> None:
+    def add_close(self, closes_at: int, seq: int, auction: Auction) -> None:
         heappush(self.closes, (closes_at, seq, auction))
 
-    def due(self, now) -> bool:
+    def due(self, now: int) -> bool:
         """Whether anything may fire at `now` (dead entries included: cheap to check)."""
         e = self.expiries
         c = self.closes
         return bool((e and e[0][0] < now) or (c and c[0][0] <= now))
 
-    def _order(self, entry):
+    def _order(self, entry: tuple[int, int, str]):  # -> Load | Offer | None
         """The live order an expiry entry stands for, or None if the entry is dead."""
         _, seq, ref = entry
         o = self.offers.get(ref)
@@ -61,9 +69,9 @@ class Timers:
             return o
         return None
 
-    def pop_due(self, now) -> list:
+    def pop_due(self, now: int) -> list:
         """The live orders due at `now`, in (deadline, seq) order, taken off the heaps."""
-        fired = []
+        fired: list[tuple] = []
         e = self.expiries
         order_of = self._order
         while e and e[0][0] < now:
@@ -76,9 +84,9 @@ class Timers:
         n_expiries = len(fired)
         c = self.closes
         while c and c[0][0] <= now:
-            entry = heappop(c)
-            if entry[2].live:
-                fired.append(entry)
+            close = heappop(c)
+            if close[2].live:
+                fired.append(close)
             else:
                 self.dead -= 1
         if 0 < n_expiries < len(fired):
@@ -97,5 +105,5 @@ class Timers:
             self.dead = 0
 
 
-def _deadline_seq(entry):
+def _deadline_seq(entry: tuple) -> tuple[int, int]:
     return entry[0], entry[1]
