@@ -100,6 +100,25 @@ class ServiceContext:
             raise RuntimeError("starting")
 
 
+def instance_settings(service: str, argv: list[str] | None = None) -> dict[str, int]:
+    """`python -m services.<service> [--instance I --of N]` as settings overrides
+    (<service>_instance, <service>_instances): instance I of N owns the partitions p of
+    its input topics with p % N == I (static assignment; every instance of a deployment
+    is started with the same N)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
+    parser.add_argument("--instance", type=int, help="this instance's index, 0 <= I < N")
+    parser.add_argument("--of", type=int, help="the number of instances N")
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.instance is not None:
+        overrides[f"{service}_instance"] = args.instance
+    if args.of is not None:
+        overrides[f"{service}_instances"] = args.of
+    return overrides
+
+
 def run_service(main: Callable[[ServiceContext], Awaitable[None]], **kwargs: Any) -> None:
     """`run(main, ...)`, then exit the process with its code."""
     sys.exit(run(main, **kwargs))

@@ -12,12 +12,11 @@ any moment: every part resumes from what PostgreSQL and Kafka recorded.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 
 from services.common.observability import router as observability_router
-from services.common.runner import ServiceContext, run_service
+from services.common.runner import ServiceContext, instance_settings, run_service
 from services.settlement import read_api, store
 from services.settlement.config import SettlementSettings
 from services.settlement.gate_service import FundingGate
@@ -79,19 +78,6 @@ async def _ready_when(ctx: ServiceContext, *events: asyncio.Event) -> None:
     log.info("settlement ready: gate, settler and outbox relay running")
 
 
-def parse_args(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m services.settlement")
-    parser.add_argument("--instance", type=int, help="this instance's index, 0 <= I < N")
-    parser.add_argument("--of", type=int, help="the number of instances N")
-    args = parser.parse_args(argv)
-    overrides = {}
-    if args.instance is not None:
-        overrides["settlement_instance"] = args.instance
-    if args.of is not None:
-        overrides["settlement_instances"] = args.of
-    return overrides
-
-
 if __name__ == "__main__":
-    run_service(main, name="settlement", settings=SettlementSettings(**parse_args()),
+    run_service(main, name="settlement", settings=SettlementSettings(**instance_settings("settlement")),
                 http_app=http_app)  # fmt: skip
