@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import sys
 import uuid
@@ -361,10 +362,13 @@ async def test_settlement_survives_kills_and_a_database_restart(kafka_bootstrap,
     own = await asyncio.to_thread(start_isolated, new_state_dir("settle-pg"),
                                   external_kafka=kafka_bootstrap,
                                   log=lambda m: print(f"[settle-pg] {m}"))  # fmt: skip
+    runs = (
+        Run("clean", kafka_bootstrap, database_url),
+        Run("faulty", kafka_bootstrap, own.database_url),
+    )
     try:
         clean, faulty = await asyncio.gather(
-            run_exchange(Run("clean", kafka_bootstrap, database_url), faults=False),
-            run_exchange(Run("faulty", kafka_bootstrap, own.database_url), faults=True, stack=own),
+            run_exchange(runs[0], faults=False), run_exchange(runs[1], faults=True, stack=own)
         )
     finally:
         await asyncio.to_thread(stop_stack, own)
@@ -378,3 +382,5 @@ async def test_settlement_survives_kills_and_a_database_restart(kafka_bootstrap,
     assert faulty["forwarded"] == clean["forwarded"]
     # At least once with stable ids: every settlement event, byte for byte, none lost.
     assert faulty["settlement_events"] == clean["settlement_events"]
+    for run in runs:  # kept when an assertion fails: the messages name them
+        shutil.rmtree(run.log_dir, ignore_errors=True)
