@@ -42,6 +42,7 @@ from typing import Any
 from services.common import reasons
 from services.common.envelope import encode, make
 from services.settlement import postings
+from services.settlement.holds import HELD, LoadHold
 from services.settlement.ledger import (
     DEBIT_ACCOUNT_NOT_FOUND,
     EXCEEDS_CREDITS,
@@ -136,22 +137,6 @@ class Output:
     topic: str  # ORDERS or SETTLEMENT
     key: bytes | None
     value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class LoadHold:
-    """A row of load_hold as the gate inserts it (state 'held')."""
-
-    load_id: str
-    shipper_id: str
-    post_command_id: str
-    lane_key: str
-    mode: str
-    hold_id: str
-    hold_fen: int
-    insurer_id: str | None
-    premium_fen: int
-    updated_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +278,7 @@ class _Planner:
                     hold_fen=hold_fen,
                     insurer_id=insurance["insurer_id"] if insurance else None,
                     premium_fen=insurance["premium_fen"] if insurance else 0,
+                    state=HELD,
                     updated_ms=c.envelope["ts"],
                 )
                 funded = _event(c, 0, "load.funded", load_id, {

@@ -50,6 +50,7 @@ from services.common.kafka_transactions import TransactionAborted, commit_in_tra
 from services.common.metrics import kafka_metrics
 from services.common.runner import ServiceContext
 from services.settlement import gate, postings, store
+from services.settlement import holds as holds_table
 from services.settlement.config import SettlementSettings
 from services.settlement.metrics import SettlementMetrics, settlement_metrics
 
@@ -88,10 +89,6 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
 ON CONFLICT (id) DO UPDATE
 SET role = excluded.role, status = excluded.status, updated_ms = excluded.updated_ms
 """
-_LOAD_HOLD_COLUMNS = (
-    "load_id", "shipper_id", "post_command_id", "lane_key", "mode", "hold_id", "hold_fen",
-    "insurer_id", "premium_fen", "state", "updated_ms",
-)  # fmt: skip
 _DECISION_COLUMNS = (
     "command_id", "command_type", "partition", "offset", "outcome", "reason", "out_topics",
     "out_partitions", "out_keys", "out_values", "ts_ms",
@@ -307,10 +304,9 @@ class FundingGate:
                                [p.status for p in ps], [p.updated_ms for p in ps])  # fmt: skip
         holds = [d.load_hold for d in decisions if d.load_hold is not None]
         if holds:
-            await conn.copy_records_to_table("load_hold", columns=_LOAD_HOLD_COLUMNS, records=[
-                (h.load_id, h.shipper_id, h.post_command_id, h.lane_key, h.mode, h.hold_id,
-                 h.hold_fen, h.insurer_id, h.premium_fen, "held", h.updated_ms) for h in holds
-            ])  # fmt: skip
+            await conn.copy_records_to_table(
+                "load_hold", columns=holds_table.COLUMNS, records=[h.record() for h in holds]
+            )
         rows = []
         for c, (partition, offset), d in zip(commands, at, decisions, strict=True):
             if d.outcome == gate.LEDGER_REFUSED:

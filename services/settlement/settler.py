@@ -15,23 +15,23 @@ same events give the same transfers and the same bytes on every run.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from services.common.envelope import make
 from services.settlement import postings
+from services.settlement.holds import (
+    DEALT,
+    FROZEN,
+    HELD,
+    REFUNDED,
+    RELEASED,
+    SETTLED,
+    LoadHold,
+)
 from services.settlement.ledger import Transfer, transfer_id
 
 SOURCE = "settlement"
-
-# -- states of a load's hold (load_hold.state) ----------------------------------------------
-HELD = "held"  # the gate placed the hold; no deal yet
-DEALT = "dealt"  # re-sized to the deal price (+ premium)
-RELEASED = "released"  # voided: cancelled, expired, rejected or unawarded
-FROZEN = "frozen"  # disputed: neither paid nor refunded until an operator decides
-SETTLED = "settled"  # posted: delivered, or released / split by an operator
-REFUNDED = "refunded"  # voided by an operator's refund
-LIVE_STATES = frozenset({HELD, DEALT, FROZEN})
 
 # -- what the settler did with an event (settler_inbox.outcome) ------------------------------
 APPLIED = "applied"  # its rule ran (possibly moving no money: a pickup, a delivery under dispute)
@@ -52,29 +52,6 @@ SHIPMENT_TYPES = frozenset(
 # The settler keeps an inbox row only for these: the other market outcomes (load.rested,
 # bid.accepted, ...) move no money, and deduplicating them would only cost writes.
 TYPES = MARKET_TYPES | SHIPMENT_TYPES
-
-
-@dataclass(frozen=True, slots=True)
-class LoadHold:
-    """A load_hold row (migrations/0002_gate.sql): the hold of one funded load."""
-
-    load_id: str
-    shipper_id: str
-    post_command_id: str
-    lane_key: str
-    mode: str
-    hold_id: str
-    hold_fen: int
-    insurer_id: str | None
-    premium_fen: int
-    state: str
-    deal_id: str | None = None
-    carrier_id: str | None = None
-    price_fen: int | None = None
-    updated_ms: int = 0
-
-
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LoadHold))  # in the row's order
 
 
 @dataclass(frozen=True, slots=True)

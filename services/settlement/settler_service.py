@@ -44,10 +44,11 @@ from services.common.runner import ServiceContext
 from services.settlement import settler as rules
 from services.settlement import store
 from services.settlement.config import SettlementSettings
+from services.settlement.holds import COLUMNS, LoadHold
 from services.settlement.ledger import EXISTS, LINKED_EVENT_FAILED, OK
 from services.settlement.metrics import SettlementMetrics, settlement_metrics
 from services.settlement.postings import FeeSchedule
-from services.settlement.settler import APPLIED, REFUSED, Effect, LoadHold, Rules
+from services.settlement.settler import APPLIED, REFUSED, Effect, Rules
 from services.settlement.store import RETRYABLE, apply_in
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
 _LOCK_ROWS = f"""
-SELECT {", ".join(rules.COLUMNS)} FROM load_hold
+SELECT {", ".join(COLUMNS)} FROM load_hold
 WHERE load_id IN (SELECT unnest($1::text[]))
 ORDER BY load_id
 FOR UPDATE

@@ -13,6 +13,7 @@ import pytest
 from services.common import schemas
 from services.common.envelope import decode, encode, make
 from services.settlement import gate as G
+from services.settlement import holds as H
 from services.settlement import ledger as L
 from services.settlement import postings as P
 from tests.unit.common.samples import AUCTION_LOAD, DATA, LANE_KEY
@@ -94,10 +95,10 @@ def test_market_load_is_held_at_its_limit_forwarded_byte_for_byte_and_announced(
     assert [o.key for o in d.outputs if o.topic == G.SETTLEMENT] == [b"L1"]
     assert held_fen(ledger, "S1") == 350_000
     assert ledger.transfers["c-load:hold"].kind == L.PENDING
-    assert d.load_hold == G.LoadHold(
+    assert d.load_hold == H.LoadHold(
         load_id="L1", shipper_id="S1", post_command_id="c-load", lane_key=LANE_KEY,
         mode="market", hold_id="c-load:hold", hold_fen=350_000, insurer_id=None,
-        premium_fen=0, updated_ms=TS,
+        premium_fen=0, state=H.HELD, updated_ms=TS,
     )  # fmt: skip
 
 

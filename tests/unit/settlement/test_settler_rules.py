@@ -12,6 +12,7 @@ import pytest
 import services.settlement as settlement
 from services.common import schemas
 from services.common.envelope import make
+from services.settlement import holds as H
 from services.settlement import ledger as L
 from services.settlement import postings as P
 from services.settlement import settler as S
@@ -23,9 +24,9 @@ TS = 1_767_225_600_000
 
 
 def held(load_id="L1", hold_fen=350_000, *, premium_fen=0, insurer_id=None, mode="market"):
-    return S.LoadHold(load_id, "S1", f"post-{load_id}", LANE_KEY, mode,
+    return H.LoadHold(load_id, "S1", f"post-{load_id}", LANE_KEY, mode,
                       L.transfer_id(f"post-{load_id}", "hold"), hold_fen, insurer_id,
-                      premium_fen, S.HELD, updated_ms=TS - 1)  # fmt: skip
+                      premium_fen, H.HELD, updated_ms=TS - 1)  # fmt: skip
 
 
 def event(type_, data, eid, *, cause=None, ts=TS, key=LANE_KEY):
@@ -62,7 +63,7 @@ def books(*accounts_extra: str) -> L.Ledger:
     return ledger
 
 
-def with_hold(row: S.LoadHold) -> L.Ledger:
+def with_hold(row: H.LoadHold) -> L.Ledger:
     ledger = books()
     assert ledger.apply(P.hold(row.post_command_id, row.shipper_id, row.hold_fen)) == [L.OK]
     return ledger
@@ -95,7 +96,7 @@ def test_deal_resizes_the_hold_to_the_price_and_releases_the_difference():
     assert ef.outcome == S.APPLIED
     apply(ledger, ef)
     new_hold = L.transfer_id("cmd-offer:0", "hold")
-    assert ef.after == replace(row, state=S.DEALT, hold_id=new_hold, hold_fen=300_000,
+    assert ef.after == replace(row, state=H.DEALT, hold_id=new_hold, hold_fen=300_000,
                                deal_id="deal:L1", carrier_id="C1", price_fen=300_000, updated_ms=TS)  # fmt: skip
     assert ledger.pending_states == {row.hold_id: L.VOIDED, new_hold: L.HELD}
     assert ledger.accounts["cash:S1"].available_fen == 700_000
@@ -138,7 +139,7 @@ def test_cancelled_or_expired_load_releases_its_hold(type_, reason):
     ledger = with_hold(row)
     ef = S.decide(event(type_, {"ref_id": "L1"}, "c:0", cause="c"), row, FEES)
     apply(ledger, ef)
-    assert ef.after.state == S.RELEASED and ledger.pending_states[row.hold_id] == L.VOIDED
+    assert ef.after.state == H.RELEASED and ledger.pending_states[row.hold_id] == L.VOIDED
     assert ledger.accounts["cash:S1"].available_fen == 1_000_000
     [out] = valid(ef)
     assert out["type"] == "hold.released"
@@ -163,7 +164,7 @@ def test_rejected_load_post_releases_its_hold():
                      cause="post-L1")  # fmt: skip
     ef = S.decide(rejected, row, FEES)
     apply(with_hold(row), ef)
-    assert ef.after.state == S.RELEASED and valid(ef)[0]["data"]["reason"] == "rejected"
+    assert ef.after.state == H.RELEASED and valid(ef)[0]["data"]["reason"] == "rejected"
 
 
 def test_rejection_of_another_command_naming_the_load_releases_nothing():
@@ -179,7 +180,7 @@ def test_auction_closed_without_a_bid_releases_and_with_one_does_nothing():
     unawarded = event("auction.closed", {"load_id": "L1", "bid_id": None, "price_fen": None}, "t:0")
     ef = S.decide(unawarded, row, FEES)
     apply(with_hold(row), ef)
-    assert ef.after.state == S.RELEASED and valid(ef)[0]["data"]["reason"] == "unawarded"
+    assert ef.after.state == H.RELEASED and valid(ef)[0]["data"]["reason"] == "unawarded"
     awarded = event("auction.closed", {"load_id": "L1", "bid_id": "B1", "price_fen": 1}, "b:1")
     assert S.decide(awarded, row, FEES).transfers == ()
 
@@ -192,7 +193,7 @@ def test_other_market_outcomes_are_not_the_settlers():
 # -- shipments -----------------------------------------------------------------------
 
 
-def dealt(row=None, price_fen=300_000) -> tuple[S.LoadHold, L.Ledger]:
+def dealt(row=None, price_fen=300_000) -> tuple[H.LoadHold, L.Ledger]:
     row = row or held()
     ledger = with_hold(row)
     ef = S.decide(deal(price_fen=price_fen), row, FEES)
@@ -205,7 +206,7 @@ def test_delivery_pays_carrier_price_less_fee_and_fee_account_the_fee():
     ef = S.decide(shipment("shipment.delivered"), row, FEES)
     apply(ledger, ef)
     fee = 6_000  # 2% of 300,000
-    assert ef.after.state == S.SETTLED
+    assert ef.after.state == H.SETTLED
     assert ledger.accounts["cash:C1"].credits_posted_fen == 300_000 - fee
     assert ledger.accounts["fee_revenue"].credits_posted_fen == fee
     assert ledger.accounts["cash:S1"].available_fen == 700_000
@@ -262,7 +263,7 @@ def test_shipments_event_of_another_deal_is_refused():
     assert (ef.outcome, ef.reason, ef.transfers) == (S.REFUSED, "other_deal", ())
 
 
-def frozen() -> tuple[S.LoadHold, L.Ledger]:
+def frozen() -> tuple[H.LoadHold, L.Ledger]:
     row, ledger = dealt()
     ef = S.decide(shipment("shipment.disputed", eid="dispute-1"), row, FEES)
     apply(ledger, ef)
@@ -271,7 +272,7 @@ def frozen() -> tuple[S.LoadHold, L.Ledger]:
         "escrow.frozen",
         {"deal_id": "deal:L1", "load_id": "L1", "amount_fen": 300_000},
     )
-    assert ledger.pending_states[row.hold_id] == L.FROZEN and ef.after.state == S.FROZEN
+    assert ledger.pending_states[row.hold_id] == L.FROZEN and ef.after.state == H.FROZEN
     return ef.after, ledger
 
 
@@ -291,7 +292,7 @@ def test_decision_release_pays_the_carrier_as_at_delivery():
     row, ledger = frozen()
     ef = S.decide(shipment("dispute.decided", eid="dec-1"), row, FEES)
     apply(ledger, ef)
-    assert ef.after.state == S.SETTLED
+    assert ef.after.state == H.SETTLED
     assert ledger.accounts["cash:C1"].credits_posted_fen == 294_000
     assert ledger.accounts["fee_revenue"].credits_posted_fen == 6_000
     assert valid(ef)[0]["data"]["how"] == "release"
@@ -301,7 +302,7 @@ def test_decision_refund_gives_the_shipper_the_whole_hold_back():
     row, ledger = frozen()
     ef = S.decide(shipment("dispute.decided", eid="dec-1", resolution="refund"), row, FEES)
     apply(ledger, ef)
-    assert ef.after.state == S.REFUNDED
+    assert ef.after.state == H.REFUNDED
     assert ledger.accounts["cash:S1"].available_fen == 1_000_000
     assert ledger.accounts["cash:C1"].credits_posted_fen == 0
     [out] = valid(ef)
@@ -316,7 +317,7 @@ def test_decision_split_settles_carrier_fen_as_the_price_and_refunds_the_rest():
     ef = S.decide(shipment("dispute.decided", eid="dec-1", resolution="split",
                            carrier_fen=200_000), row, FEES)  # fmt: skip
     apply(ledger, ef)
-    assert ef.after.state == S.SETTLED
+    assert ef.after.state == H.SETTLED
     assert ledger.accounts["cash:C1"].credits_posted_fen == 196_000
     assert ledger.accounts["fee_revenue"].credits_posted_fen == 4_000
     assert ledger.accounts["cash:S1"].available_fen == 800_000
@@ -340,7 +341,7 @@ def test_split_without_carrier_fen_or_above_the_price_is_refused(carrier_fen):
 def test_decision_on_an_undisputed_deal_is_refused_and_on_a_settled_one_ignored():
     row, _ = dealt()
     assert S.decide(shipment("dispute.decided"), row, FEES).reason == "not_frozen"
-    settled = replace(row, state=S.SETTLED)
+    settled = replace(row, state=H.SETTLED)
     assert S.decide(shipment("dispute.decided"), settled, FEES).outcome == S.IGNORED
 
 
@@ -355,7 +356,7 @@ def test_batch_applies_deferred_events_right_after_their_deal():
     assert [(e.event["id"], e.outcome) for e in effects] == [
         ("ship-1", S.DEFERRED), ("cmd-offer:0", S.APPLIED), ("ship-1", S.APPLIED),
         ("p", S.APPLIED)]  # fmt: skip
-    assert rules.rows["L1"].state == S.SETTLED and rules.deferred == {} and rules.changed == {"L1"}
+    assert rules.rows["L1"].state == H.SETTLED and rules.deferred == {} and rules.changed == {"L1"}
     ledger = with_hold(row)
     assert (
         ledger.apply([t for e in effects for t in e.transfers]) == [L.OK] * 5
@@ -372,7 +373,7 @@ def test_batch_keeps_events_deferred_from_before_in_their_order():
         "shipment.disputed",
         "dispute.decided",
     ]
-    assert rules.rows["L1"].state == S.REFUNDED
+    assert rules.rows["L1"].state == H.REFUNDED
 
 
 def test_batch_event_waits_while_its_deal_is_not_seen():
@@ -389,7 +390,7 @@ def test_undone_deal_keeps_its_deferred_events_and_the_row():
     rules.undo(first)  # the ledger refused the re-size
     rest = list(effects)
     assert [e.event["type"] for e in rest] == ["order.cancelled"]  # decided on the held row
-    assert rest[0].outcome == S.APPLIED and rules.rows["L1"].state == S.RELEASED
+    assert rest[0].outcome == S.APPLIED and rules.rows["L1"].state == H.RELEASED
     assert [e["id"] for e in rules.deferred["L1"]] == ["ship-1"]
 
 
