@@ -252,10 +252,19 @@ async def bench_ledger(url: str, *, seconds: float, batch_transfers: int, worker
         await db.close_pool(pool)
 
 
+def _run_as_service(coro):
+    """Run a measure the way services.common.runner runs a service: on uvloop."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: int) -> dict:
     """The settler path: holds set up as the gate leaves them, then deal.made and
     shipment.delivered envelopes through SettlerService.settle in batches."""
     from services.common import db
+    from services.common.runner import tune_gc
     from services.settlement import check, postings, store
     from services.settlement.config import SettlementSettings
     from services.settlement.settler_service import SettlerService
@@ -310,6 +319,7 @@ async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: in
         async def recorded() -> int:
             return await pool.fetchval("SELECT count(*) FROM transfers")
 
+        tune_gc()  # as the service's runner does once it has started
         say(f"settler: batches of {batch_loads} deals + {batch_loads} deliveries, {seconds:g} s")
         before = await recorded()
         batch_seconds: list[float] = []
@@ -450,11 +460,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     with _database(args.database_url) as url:
-        settler = asyncio.run(bench_settler(
+        settler = _run_as_service(bench_settler(
             url, seconds=seconds, batch_loads=args.settler_batch,
             loads=args.settler_loads or (3_000 if args.quick else 60_000)))  # fmt: skip
         say(f"settler: {settler['transfers_per_s']:,.0f} transfers/s")
-        ledger = asyncio.run(bench_ledger(url, seconds=seconds, batch_transfers=args.batch,
+        ledger = _run_as_service(bench_ledger(url, seconds=seconds, batch_transfers=args.batch,
                                           workers=args.workers, shippers=args.shippers))  # fmt: skip
         say(f"ledger: {ledger['transfers_per_s']:,.0f} transfers/s")
         baseline = bench_pgbench(url, clients=args.pgbench_clients, threads=args.pgbench_threads,

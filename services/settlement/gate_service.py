@@ -295,7 +295,7 @@ class FundingGate:
                 [a.debits_must_not_exceed_credits for a in accounts],
                 [a.credits_must_not_exceed_debits for a in accounts],
             )
-        results = await store.apply_in(conn, plan.transfers)
+        results = await store.apply_in(conn, plan.transfers, set_planner=False)
         decisions = plan.decide(results)
 
         if plan.participants:
@@ -304,8 +304,9 @@ class FundingGate:
                                [p.status for p in ps], [p.updated_ms for p in ps])  # fmt: skip
         holds = [d.load_hold for d in decisions if d.load_hold is not None]
         if holds:
+            # A LoadHold is its row, in COLUMNS order.
             await conn.copy_records_to_table(
-                "load_hold", columns=holds_table.COLUMNS, records=[h.record() for h in holds]
+                "load_hold", columns=holds_table.COLUMNS, records=holds
             )
         rows = []
         for c, (partition, offset), d in zip(commands, at, decisions, strict=True):

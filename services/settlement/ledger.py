@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 # -- kinds of account, and what each may not do ---------------------------------------
 # The exchange's books. A participant's cash is money the exchange owes the participant:
@@ -153,13 +154,15 @@ def new_account(account_id: str, kind: str) -> Account:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
+class Transfer(NamedTuple):
     """A request, or (in `Ledger.transfers`) what was recorded for it.
 
     For the resolving kinds the accounts and amount may be left empty ("" / None): they
     are taken from the pending transfer, and the recorded transfer carries them. A
     post_pending's amount_fen is what it posts (None: all of it).
+
+    A tuple: the settler builds and reads thousands a batch, and a tuple is built four
+    times faster than a frozen dataclass (docs/performance.md "Settlement ledger").
     """
 
     id: str
@@ -374,10 +377,9 @@ class Ledger:
                 self.pending_states[p.id] = VOIDED
         else:
             self.pending_states[p.id] = FROZEN if kind == FREEZE_PENDING else HELD
-        self.transfers[t.id] = replace(
-            t, debit_account_id=p.debit_account_id, credit_account_id=p.credit_account_id,
-            amount_fen=amount,
-        )  # fmt: skip
+        # Positional: dataclasses.replace costs several times more, per resolved hold.
+        self.transfers[t.id] = Transfer(t.id, kind, p.debit_account_id, p.credit_account_id,
+                                        amount, t.pending_id, t.code, t.cause, t.linked)  # fmt: skip
         return OK
 
 

@@ -15,7 +15,7 @@ same events give the same transfers and the same bytes on every run.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.envelope import make
@@ -110,8 +110,7 @@ def _deal_made(e: dict, row: LoadHold | None, fees: postings.FeeSchedule) -> Eff
     # always transfer_id(deal event, "hold").
     eid = e["id"]
     new_hold = transfer_id(eid, "hold")
-    after = replace(row, state=DEALT, hold_id=new_hold, hold_fen=new_fen, deal_id=d["deal_id"],
-                    carrier_id=d["carrier_id"], price_fen=d["price_fen"], updated_ms=e["ts"])  # fmt: skip
+    after = row.dealt(new_hold, new_fen, d["deal_id"], d["carrier_id"], d["price_fen"], e["ts"])
     out = _emit(e, row.load_id, "hold.resized", {
         "load_id": row.load_id, "deal_id": d["deal_id"], "shipper_id": row.shipper_id,
         "hold_fen": new_fen, "released_fen": row.hold_fen - new_fen, "transfer_id": new_hold,
@@ -122,7 +121,7 @@ def _deal_made(e: dict, row: LoadHold | None, fees: postings.FeeSchedule) -> Eff
 
 def _release(e: dict, row: LoadHold, reason: str) -> Effect:
     transfers = postings.release_hold(e["id"], row.hold_id)
-    after = replace(row, state=RELEASED, updated_ms=e["ts"])
+    after = row.moved(RELEASED, e["ts"])
     out = _emit(e, row.load_id, "hold.released", {
         "load_id": row.load_id, "shipper_id": row.shipper_id, "amount_fen": row.hold_fen,
         "reason": reason, "transfer_id": transfers[0].id,
@@ -217,7 +216,7 @@ def _delivered(e: dict, row: LoadHold | None, fees: postings.FeeSchedule) -> Eff
     fee = fees.fee_fen(row.price_fen)
     premium = _premium(row)
     transfers = postings.settle(e["id"], row.hold_id, row.carrier_id, row.price_fen, fee, **premium)
-    after = replace(row, state=SETTLED, updated_ms=e["ts"])
+    after = row.moved(SETTLED, e["ts"])
     out = _settled_event(e, row, "delivered", row.price_fen, fee, premium.get("premium_fen", 0))
     return Effect(e, row.load_id, APPLIED, "", tuple(transfers), row, after, out)
 
@@ -232,7 +231,7 @@ def _disputed(e: dict, row: LoadHold | None, fees: postings.FeeSchedule) -> Effe
         # insurer's business then).
         return Effect(e, row.load_id, IGNORED, "already_" + row.state, before=row)
     transfers = postings.freeze(e["id"], row.hold_id)
-    after = replace(row, state=FROZEN, updated_ms=e["ts"])
+    after = row.moved(FROZEN, e["ts"])
     out = _emit(e, row.load_id, "escrow.frozen",
                 {"deal_id": row.deal_id, "load_id": row.load_id, "amount_fen": row.hold_fen})  # fmt: skip
     return Effect(e, row.load_id, APPLIED, "", tuple(transfers), row, after, out)
@@ -255,7 +254,7 @@ def _decided(e: dict, row: LoadHold | None, fees: postings.FeeSchedule) -> Effec
             "deal_id": row.deal_id, "load_id": row.load_id, "shipper_id": row.shipper_id,
             "amount_fen": row.hold_fen,
         })  # fmt: skip
-        after = replace(row, state=REFUNDED, updated_ms=ts)
+        after = row.moved(REFUNDED, ts)
         return Effect(e, row.load_id, APPLIED, "", tuple(transfers), row, after, out)
     if resolution == "release":
         fee = fees.fee_fen(row.price_fen)
@@ -271,7 +270,7 @@ def _decided(e: dict, row: LoadHold | None, fees: postings.FeeSchedule) -> Effec
         # postings.resolve_split pays no premium: the premium goes back with the rest.
         transfers = postings.resolve_split(eid, row.hold_id, row.carrier_id, carrier_fen, fee)
         out = _settled_event(e, row, "split", carrier_fen, fee, 0)
-    after = replace(row, state=SETTLED, updated_ms=ts)
+    after = row.moved(SETTLED, ts)
     return Effect(e, row.load_id, APPLIED, "", tuple(transfers), row, after, out)
 
 

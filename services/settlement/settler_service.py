@@ -273,8 +273,9 @@ class SettlerService:
                 taken.setdefault(e["id"], e)  # the same id twice in a batch: the first
         if not taken:
             return report
-        # For the whole transaction (apply_in sets it again): every statement here looks
-        # rows up by key, and the planner's generic plans went wrong on these tables.
+        # For the whole transaction (so apply_in need not set it again): every statement
+        # here looks rows up by key, and the planner's generic plans went wrong on these
+        # tables.
         await conn.execute(store.PLANNER)
         ids = sorted(taken)  # two instances inserting the same ids queue, in one order
         new_ids = {r[0] for r in await conn.fetch(
@@ -302,7 +303,7 @@ class SettlerService:
         if not careful:
             effects = list(batch_rules.effects(fresh))
             transfers = [t for ef in effects for t in ef.transfers]
-            results = await apply_in(conn, transfers)
+            results = await apply_in(conn, transfers, set_planner=False)
             bad = [(t.id, r) for t, r in zip(transfers, results, strict=True)
                    if r not in _APPLIED_OR_LINKED]  # fmt: skip
             bad = bad or [(t.id, r) for t, r in zip(transfers, results, strict=True)
@@ -312,7 +313,7 @@ class SettlerService:
         else:
             for ef in batch_rules.effects(fresh):
                 if ef.transfers:
-                    results = await apply_in(conn, ef.transfers)
+                    results = await apply_in(conn, ef.transfers, set_planner=False)
                     # The words that say why (a failed chain's other legs only say
                     # linked_event_failed).
                     bad = [r for r in results if r not in _APPLIED_OR_LINKED] or [

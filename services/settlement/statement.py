@@ -10,6 +10,18 @@ from services.settlement.postings import cash_account_id
 
 LIMIT_MAX = 100
 
+# $1 the cash account, $2 the seq to start after, $3 the limit. The literal LIKEs match
+# the predicates of the partial indexes of migrations/0005_hot_updates.sql, so that even
+# a generic plan (a prepared statement's after five runs) may use them.
+LINES_SQL = (
+    "SELECT seq, id, kind, code, cause, amount_fen, debit_account_id, state,"
+    " (extract(epoch FROM created_at) * 1000)::bigint AS at_ms"
+    " FROM transfers WHERE seq > $2 AND ("
+    "(debit_account_id = $1 AND debit_account_id LIKE 'cash:%')"
+    " OR (credit_account_id = $1 AND credit_account_id LIKE 'cash:%'))"
+    " ORDER BY seq LIMIT $3"
+)
+
 
 async def balance(conn: asyncpg.Connection | asyncpg.Pool, participant_id: str) -> dict | None:
     """The cash account's balances in fen, or None when the participant has none yet.
@@ -42,13 +54,7 @@ async def lines(
     credit (money in) or debit (money out, or held when the kind is pending); a void
     names the hold it releases (`cause`, `code` say why)."""
     account = cash_account_id(participant_id)
-    rows = await conn.fetch(
-        "SELECT seq, id, kind, code, cause, amount_fen, debit_account_id, state,"
-        " (extract(epoch FROM created_at) * 1000)::bigint AS at_ms"
-        " FROM transfers WHERE (debit_account_id = $1 OR credit_account_id = $1) AND seq > $2"
-        " ORDER BY seq LIMIT $3",
-        account, after_seq, min(limit, LIMIT_MAX) + 1,
-    )  # fmt: skip
+    rows = await conn.fetch(LINES_SQL, account, after_seq, min(limit, LIMIT_MAX) + 1)
     out = []
     for r in rows:
         debit = r["debit_account_id"] == account

@@ -138,10 +138,13 @@ async def migrate(pool: asyncpg.Pool) -> None:
     await db.migrate(pool, SERVICE)
 
 
-async def apply_in(conn: asyncpg.Connection, transfers: Sequence[Transfer]) -> list[str]:
+async def apply_in(
+    conn: asyncpg.Connection, transfers: Sequence[Transfer], *, set_planner: bool = True
+) -> list[str]:
     """Apply a batch inside the caller's open transaction; one result per transfer.
 
-    Sets the planner for the rest of the transaction (see PLANNER).
+    Sets the planner for the rest of the transaction (see PLANNER), unless the caller has
+    (set_planner=False: one round trip less).
 
     On any exception the caller must roll back (the batch may be half written); the
     RETRYABLE ones mean the same batch may simply run again.
@@ -157,7 +160,8 @@ async def apply_in(conn: asyncpg.Connection, transfers: Sequence[Transfer]) -> l
             account_ids.add(t.credit_account_id)
         if t.pending_id:
             pending_ids.add(t.pending_id)
-    await conn.execute(PLANNER)
+    if set_planner:
+        await conn.execute(PLANNER)
     rows = await conn.fetch(_LOCK_ACCOUNTS, sorted(account_ids), list(pending_ids))
     accounts = {r[0]: r for r in rows}
 

@@ -3,8 +3,6 @@ names what breaks it."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from prometheus_client import CollectorRegistry
 
 from services.settlement import check as C
@@ -52,7 +50,7 @@ def test_a_participant_below_zero_is_reported():
 
 def test_a_hold_resolved_twice_or_marked_without_resolution_is_reported():
     ledger = sound()
-    ledger.transfers["again"] = replace(ledger.transfers["x:post"], id="again")
+    ledger.transfers["again"] = ledger.transfers["x:post"]._replace(id="again")
     ledger.pending_states["l2:hold"] = L.POSTED
     report = C.check_ledger(ledger)
     assert broken(report).get(C.PENDING_RESOLVED_ONCE) == 2

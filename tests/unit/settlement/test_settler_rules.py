@@ -4,7 +4,6 @@ and settlement events, and the money they move in a pure Ledger."""
 from __future__ import annotations
 
 import ast
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -96,8 +95,9 @@ def test_deal_resizes_the_hold_to_the_price_and_releases_the_difference():
     assert ef.outcome == S.APPLIED
     apply(ledger, ef)
     new_hold = L.transfer_id("cmd-offer:0", "hold")
-    assert ef.after == replace(row, state=H.DEALT, hold_id=new_hold, hold_fen=300_000,
-                               deal_id="deal:L1", carrier_id="C1", price_fen=300_000, updated_ms=TS)  # fmt: skip
+    assert ef.after == row._replace(state=H.DEALT, hold_id=new_hold, hold_fen=300_000,
+                                    deal_id="deal:L1", carrier_id="C1", price_fen=300_000,
+                                    updated_ms=TS)  # fmt: skip
     assert ledger.pending_states == {row.hold_id: L.VOIDED, new_hold: L.HELD}
     assert ledger.accounts["cash:S1"].available_fen == 700_000
     [out] = valid(ef)
@@ -341,7 +341,7 @@ def test_split_without_carrier_fen_or_above_the_price_is_refused(carrier_fen):
 def test_decision_on_an_undisputed_deal_is_refused_and_on_a_settled_one_ignored():
     row, _ = dealt()
     assert S.decide(shipment("dispute.decided"), row, FEES).reason == "not_frozen"
-    settled = replace(row, state=H.SETTLED)
+    settled = row._replace(state=H.SETTLED)
     assert S.decide(shipment("dispute.decided"), settled, FEES).outcome == S.IGNORED
 
 
