@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wlex-installed
+# rustup puts cargo in ~/.cargo/bin, which a fresh shell may not have on PATH; the
+# native matching core (services/matching/native) needs it to build.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+NATIVE := services/matching/native
 
 .PHONY: demo test test-unit test-integration test-e2e test-faults bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml $(wildcard $(NATIVE)/src/*.rs)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wlex needs Python 3.11+"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,local]'
+	$(PY) -m pip install --quiet ./$(NATIVE)
 	touch $(STAMP)
 
 ## demo: the local exchange (PostgreSQL, Kafka, every service) until Ctrl-C

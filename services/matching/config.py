@@ -6,6 +6,8 @@ The figures behind the defaults are in docs/matching-service.md ("Batching").
 
 from __future__ import annotations
 
+from typing import Literal
+
 from services.common.settings import Settings
 
 
@@ -15,6 +17,11 @@ class MatchingSettings(Settings):
     # command line override these.
     matching_instance: int = 0
     matching_instances: int = 1
+
+    # Which engine runs the market (services/matching/engines.py): the native core
+    # (Rust, services/matching/native) or the Python reference. Same events, same
+    # snapshots: switching keeps the state. WLEX_MATCHING_ENGINE.
+    matching_engine: Literal["native", "python"] = "native"
 
     # One transaction per batch, of at most this many records. A transaction costs
     # some five sequential broker round trips whatever its size, so under a backlog

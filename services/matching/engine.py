@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from heapq import heappop, heappush
 
+from orjson import dumps
+
 from services.common.reasons import (
     ABOVE_RESERVE,
     DUPLICATE_ID,
@@ -141,6 +143,14 @@ class Engine:
             else:
                 handler(data, out, base, cid, key)
         return out
+
+    def process_encoded(self, commands: list) -> list[tuple[bytes | None, bytes]]:
+        """`process`, each event encoded as the service writes it: (key bytes or None,
+        orjson bytes). The native engine (native_engine.py) gives the same bytes."""
+        return [
+            (e["key"].encode() if e["key"] is not None else None, dumps(e))
+            for e in self.process(commands)
+        ]
 
     def _odd(self, cmd, out, base):  # unannotated: a command may be anything
         """A command whose envelope is incomplete or mistyped (the careful path)."""

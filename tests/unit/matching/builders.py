@@ -3,6 +3,8 @@ is about. Every command is a full envelope as the engine reads it from the log."
 
 from __future__ import annotations
 
+import orjson
+
 from services.matching.engine import Engine
 
 LANE = {"origin": "420100", "destination": "420600", "vehicle_class": "van-9.6"}
@@ -127,3 +129,15 @@ def reason(events) -> str:
     data = only(events)
     assert events[0]["type"] == "order.rejected", events
     return data["reason"]
+
+
+def resting(engine) -> dict[str, list[str]]:
+    """Ids of the live orders by kind, in arrival order, read from the snapshot (so it
+    works for either engine)."""
+    state = orjson.loads(engine.snapshot())
+    return {
+        "loads": [row[1] for row in state["loads"]],
+        "offers": [row[1] for row in state["offers"]],
+        "auctions": [row[1] for row in state["auctions"]],
+        "bids": [bid[1] for row in state["auctions"] for bid in row[10]],
+    }

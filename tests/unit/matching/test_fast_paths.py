@@ -5,14 +5,13 @@ code); these pin the edge cases of each shortcut."""
 
 from __future__ import annotations
 
-from services.matching.engine import Engine
 from tests.unit.matching.builders import LANE, envelope, load_data, offer_data
 
 
-def test_event_ids_past_the_suffix_table():
+def test_event_ids_past_the_suffix_table(engine_cls):
     # 300 offers expire before one tick: ids run :0 .. :299 without a gap or a change
     # of form where the precomputed suffixes end.
-    engine = Engine()
+    engine = engine_cls()
     posts = [
         envelope(f"c{i}", "offer.post", 1, offer_data(f"O{i}", available_to=100))
         for i in range(300)
@@ -23,8 +22,8 @@ def test_event_ids_past_the_suffix_table():
     assert [e["data"]["ref_id"] for e in out] == [f"O{i}" for i in range(300)]
 
 
-def test_lane_checks_after_a_valid_lane():
-    engine = Engine()
+def test_lane_checks_after_a_valid_lane(engine_cls):
+    engine = engine_cls()
     ok = engine.process([envelope("c1", "load.post", 1, load_data("L1"))])
     assert ok[0]["type"] == "load.rested"
     for bad in (
@@ -38,10 +37,10 @@ def test_lane_checks_after_a_valid_lane():
         assert out[0]["data"]["reason"] == "invalid", bad
 
 
-def test_reused_id_does_not_inherit_the_old_expiry():
+def test_reused_id_does_not_inherit_the_old_expiry(engine_cls):
     # O1 trades away, a new O1 rests with a later deadline: the first O1's timer entry
     # must not expire the second one.
-    engine = Engine()
+    engine = engine_cls()
     engine.process([envelope("c1", "offer.post", 1, offer_data("O1", available_to=100))])
     deal = engine.process([envelope("c2", "load.post", 2, load_data("L1", limit_fen=10**6))])
     assert deal[0]["type"] == "deal.made"
@@ -51,10 +50,10 @@ def test_reused_id_does_not_inherit_the_old_expiry():
     assert [(e["type"], e["data"]["ref_id"]) for e in out] == [("order.expired", "O1")]
 
 
-def test_level_of_one_grows_and_shrinks():
+def test_level_of_one_grows_and_shrinks(engine_cls):
     # Two offers at one ask, then a third at another; cancel the front of the shared
     # level and the lone one: matching still goes lowest ask, earliest first.
-    engine = Engine()
+    engine = engine_cls()
     engine.process(
         [
             envelope("c1", "offer.post", 1, offer_data("O1", ask_fen=500)),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.matching.engine import Engine
 from tests.unit.matching.logs import random_log
 
 # What may end a command's outputs (after the timer events), by command type.
@@ -19,9 +18,9 @@ LAST = {
 }
 
 
-def _run(seed, n=3000, ids=None):
+def _run(engine_cls, seed, n=3000, ids=None):
     log = random_log(seed, n, ids)
-    engine = Engine()
+    engine = engine_cls()
     events = []
     for i in range(0, n, 250):
         events.extend(engine.process(log[i : i + 250]))
@@ -29,8 +28,8 @@ def _run(seed, n=3000, ids=None):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_every_command_gets_its_outcome(seed):
-    log, events, _ = _run(seed, ids=6)
+def test_every_command_gets_its_outcome(seed, engine_cls):
+    log, events, _ = _run(engine_cls, seed, ids=6)
     by_cause = {}
     for ev in events:
         by_cause.setdefault(ev["cause"], []).append(ev)
@@ -46,8 +45,8 @@ def test_every_command_gets_its_outcome(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_no_load_trades_twice_and_no_deal_breaks_a_limit(seed):
-    log, events, _ = _run(seed)  # fresh ids: each load id names one load
+def test_no_load_trades_twice_and_no_deal_breaks_a_limit(seed, engine_cls):
+    log, events, _ = _run(engine_cls, seed)  # fresh ids: each load id names one load
     posted = {}
     for cmd in log:
         if cmd["type"] in ("load.post", "offer.post") and isinstance(cmd["data"], dict):
@@ -73,8 +72,8 @@ def test_no_load_trades_twice_and_no_deal_breaks_a_limit(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_no_capacity_goes_below_zero(seed):
-    log, events, engine = _run(seed)
+def test_no_capacity_goes_below_zero(seed, engine_cls):
+    log, events, engine = _run(engine_cls, seed)
     posted = {
         c["data"]["load_id"]: c["data"]
         for c in log
@@ -105,9 +104,9 @@ def test_no_capacity_goes_below_zero(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_no_resting_load_and_offer_that_should_have_crossed(seed):
+def test_no_resting_load_and_offer_that_should_have_crossed(seed, engine_cls):
     log = random_log(seed, 3000)
-    engine = Engine()
+    engine = engine_cls()
     for i in range(0, len(log), 100):
         engine.process(log[i : i + 100])
         state = orjson.loads(engine.snapshot())

@@ -3,7 +3,11 @@ open-auctions gauges."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.matching.builders import Market
+
+pytestmark = pytest.mark.usefixtures("engine_cls")
 
 
 def test_order_counts_follow_resting_orders_and_open_auctions():

@@ -44,10 +44,10 @@ def _imports(path: Path):
             yield f"{node.func.id}()", node.lineno
 
 
-def core_modules() -> list[Path]:
-    """engine.py and its import closure inside services/matching."""
+def core_modules(root: str = "engine") -> list[Path]:
+    """`root`.py (engine.py) and its import closure inside services/matching."""
     seen: dict[str, Path] = {}
-    todo = ["engine"]
+    todo = [root]
     while todo:
         name = todo.pop()
         path = PACKAGE / f"{name}.py"
@@ -85,4 +85,22 @@ def test_core_reaches_other_packages_only_through_services_common():
         for module, line in _imports(path)
         if not module.startswith(allowed)
     ]
+    assert found == []
+
+
+def test_native_engine_adapter_is_as_pure_as_the_engine():
+    # native_engine.py presents the compiled core (wlex_matching_native, Rust with no
+    # I/O, clock or randomness: services/matching/native/src) as an engine; it and what
+    # it imports obey the core's rules, with the compiled module allowed besides.
+    allowed = ("services.common.reasons", "services.matching", "__future__", "bisect",
+               "collections", "heapq", "orjson", "wlex_matching_native")  # fmt: skip
+    found = [
+        f"{path.name}:{line} {module}"
+        for path in core_modules("native_engine")
+        for module, line in _imports(path)
+        if not module.startswith(allowed)
+        or module.split(".")[0] in FORBIDDEN
+        or module.endswith("()")
+    ]
+    assert "native_engine.py" in {p.name for p in core_modules("native_engine")}
     assert found == []

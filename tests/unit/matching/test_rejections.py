@@ -14,7 +14,10 @@ from tests.unit.matching.builders import (
     load_data,
     offer_data,
     reason,
+    resting,
 )
+
+pytestmark = pytest.mark.usefixtures("engine_cls")
 
 
 def _without(d, field):
@@ -113,7 +116,7 @@ def test_command_without_a_valid_ts_is_invalid_and_leaves_the_clock(ts):
     [ev] = m.engine.process([envelope("x", "load.post", ts, load_data("L1"))])
     assert ev["data"] == {"ref_id": "L1", "reason": reasons.INVALID}
     assert ev["ts"] == 100 and m.engine.now == 100
-    assert len(m.engine.offers) == 1  # no timer fired
+    assert len(resting(m.engine)["offers"]) == 1  # no timer fired
 
 
 def test_command_without_an_id_is_invalid():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.matching.builders import (
     KEY,
     LANE,
@@ -11,8 +13,11 @@ from tests.unit.matching.builders import (
     envelope,
     offer_data,
     only,
+    resting,
     types,
 )
+
+pytestmark = pytest.mark.usefixtures("engine_cls")
 
 # -- envelope ------------------------------------------------------------------------
 
@@ -134,7 +139,7 @@ def test_non_consolidating_offer_stops_after_its_first_deal_and_leaves_the_book(
     m.load("L2")
     assert types(m.offer("O1", consolidate=False)) == ["deal.made"]
     assert types(m.load("L3")) == ["load.rested"]
-    assert m.engine.offers == {}
+    assert resting(m.engine)["offers"] == []
 
 
 def test_resting_non_consolidating_offer_leaves_after_one_load():

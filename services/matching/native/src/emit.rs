@@ -1,0 +1,170 @@
+//! Outcome envelopes written straight to JSON bytes, exactly as orjson encodes the
+//! dicts the Python engine builds: the same key order, no spaces, orjson's string
+//! escaping (`"`, `\`, and control characters below 0x20 as \b \t \n \f \r or \u00xx
+//! with lowercase hex; everything else, non-ASCII included, as is).
+//!
+//! One batch writes every event into one buffer; `events` records where each ends and
+//! what its Kafka key is, so the binding cuts the buffer into one bytes object each.
+
+/// The Kafka key of an event: its order's lane (a book index), the command's own key
+/// (a rejection: a range of `Out::keys`), or none.
+#[derive(Clone, Copy)]
+pub enum Key {
+    Book(u32),
+    Raw(u32, u32),
+    Null,
+}
+
+pub struct Event {
+    pub end: usize,
+    pub key: Key,
+}
+
+#[derive(Default)]
+pub struct Out {
+    pub buf: Vec<u8>,
+    pub events: Vec<Event>,
+    pub keys: Vec<u8>,
+    /// events.len() when the current command began: event ids count from there.
+    base: usize,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Append `s` as a JSON string, escaped as orjson escapes it.
+pub fn json_str(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    json_body(buf, s);
+    buf.push(b'"');
+}
+
+/// Append the escaped characters of `s`, without the quotes.
+pub fn json_body(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        buf.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            0x08 => buf.extend_from_slice(b"\\b"),
+            0x09 => buf.extend_from_slice(b"\\t"),
+            0x0a => buf.extend_from_slice(b"\\n"),
+            0x0c => buf.extend_from_slice(b"\\f"),
+            0x0d => buf.extend_from_slice(b"\\r"),
+            _ => buf.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 15) as usize],
+            ]),
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+}
+
+pub fn json_opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(buf, s),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// Append an integer in decimal, as JSON writes it.
+pub fn json_int(buf: &mut Vec<u8>, v: i64) {
+    let mut tmp = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        buf.push(b'-');
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+pub fn json_opt_int(buf: &mut Vec<u8>, v: Option<i64>) {
+    match v {
+        Some(v) => json_int(buf, v),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+pub fn json_bool(buf: &mut Vec<u8>, v: bool) {
+    buf.extend_from_slice(if v { b"true" } else { b"false" });
+}
+
+impl Out {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.events.clear();
+        self.keys.clear();
+        self.base = 0;
+    }
+
+    /// A new command begins: its events' ids count from 0 again.
+    #[inline]
+    pub fn begin_command(&mut self) {
+        self.base = self.events.len();
+    }
+
+    /// Write an envelope up to and including `"data":`; the caller writes the data
+    /// object, then calls `end`. `key_json` is the key as JSON (a string or null).
+    /// `cause` is the command id, or null when it is empty.
+    pub fn head(&mut self, cid: &str, typ: &str, now: i64, key_json: &[u8]) {
+        let buf = &mut self.buf;
+        let i = (self.events.len() - self.base) as i64;
+        buf.extend_from_slice(b"{\"id\":\"");
+        // The id is cid + ":" + index, one JSON string.
+        json_body(buf, cid);
+        buf.push(b':');
+        json_int(buf, i);
+        buf.extend_from_slice(b"\",\"type\":\"");
+        buf.extend_from_slice(typ.as_bytes());
+        buf.extend_from_slice(b"\",\"v\":1,\"ts\":");
+        json_int(buf, now);
+        buf.extend_from_slice(b",\"key\":");
+        buf.extend_from_slice(key_json);
+        buf.extend_from_slice(b",\"source\":\"matching\",\"cause\":");
+        if cid.is_empty() {
+            buf.extend_from_slice(b"null");
+        } else {
+            json_str(buf, cid);
+        }
+        buf.extend_from_slice(b",\"data\":");
+    }
+
+    /// Close the envelope written since `head` and record it under `key`.
+    #[inline]
+    pub fn end(&mut self, key: Key) {
+        self.buf.push(b'}');
+        self.events.push(Event {
+            end: self.buf.len(),
+            key,
+        });
+    }
+
+    /// A rejection's key: the command's own key, kept as raw bytes for the binding.
+    pub fn raw_key(&mut self, key: Option<&str>) -> Key {
+        match key {
+            None => Key::Null,
+            Some(k) => {
+                let start = self.keys.len() as u32;
+                self.keys.extend_from_slice(k.as_bytes());
+                Key::Raw(start, self.keys.len() as u32)
+            }
+        }
+    }
+}

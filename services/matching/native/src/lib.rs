@@ -1,0 +1,233 @@
+//! Python bindings of the native matching core (module `wlex_matching_native`).
+//!
+//! Only the crossing lives here: a batch of command dicts in, one (key, value) pair of
+//! bytes per event out, the snapshot as bytes, a restore from orjson's decoded state.
+//! The rules are in engine.rs, the reading of commands in parse.rs, the JSON writing in
+//! emit.rs and snapshot.rs. services/matching/native_engine.py is the Python face.
+
+mod book;
+mod commands;
+mod emit;
+mod engine;
+mod orders;
+mod parse;
+mod snapshot;
+mod timers;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::commands::Lane;
+use crate::emit::{Key, Out};
+use crate::engine::{Engine, REASONS};
+use crate::parse::{Fields, Reader};
+
+/// The engine with its reusable output buffer. Not thread-safe (`unsendable`): one
+/// engine belongs to one service loop.
+#[pyclass(unsendable, module = "wlex_matching_native")]
+struct Core {
+    engine: Engine,
+    out: Out,
+    fields: Fields,
+    /// Each book's lane key as bytes, made once: most events are keyed by it.
+    book_keys: Vec<Py<PyBytes>>,
+}
+
+fn reasons_of(reasons: &[String]) -> PyResult<[&str; REASONS]> {
+    if reasons.len() != REASONS {
+        return Err(PyValueError::new_err(
+            "expected the eight engine reject reasons",
+        ));
+    }
+    Ok(std::array::from_fn(|i| reasons[i].as_str()))
+}
+
+#[pymethods]
+impl Core {
+    /// `reasons`: the words of invalid, expired, duplicate_id, unknown_order,
+    /// not_owner, not_auction, above_reserve, not_improving, in that order.
+    #[new]
+    fn new(py: Python<'_>, reasons: Vec<String>) -> PyResult<Core> {
+        Ok(Core {
+            engine: Engine::new(reasons_of(&reasons)?),
+            out: Out::default(),
+            fields: Fields::new(py),
+            book_keys: Vec::new(),
+        })
+    }
+
+    /// Handle `commands` (envelope dicts, in log order); return one
+    /// (key bytes | None, value bytes) per outcome event, in order, the value being the
+    /// exact bytes orjson gives for the Python engine's event dict.
+    fn process_encoded<'py>(
+        &mut self,
+        py: Python<'py>,
+        commands: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.out.clear();
+        let mut reader = Reader::new(py, &self.fields);
+        if let Ok(list) = commands.cast::<PyList>() {
+            for cmd in list.iter() {
+                reader.command(&mut self.engine, &mut self.out, &cmd)?;
+            }
+        } else {
+            for cmd in commands.try_iter()? {
+                reader.command(&mut self.engine, &mut self.out, &cmd?)?;
+            }
+        }
+        for b in self.book_keys.len()..self.engine.books.len() {
+            self.book_keys
+                .push(PyBytes::new(py, self.engine.books[b].key.as_bytes()).unbind());
+        }
+        let out = &self.out;
+        let mut pairs: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(out.events.len());
+        let mut start = 0;
+        for ev in &out.events {
+            let value = PyBytes::new(py, &out.buf[start..ev.end]);
+            start = ev.end;
+            let key = match ev.key {
+                Key::Book(b) => self.book_keys[b as usize].bind(py).clone().into_any(),
+                Key::Raw(s, e) => PyBytes::new(py, &out.keys[s as usize..e as usize]).into_any(),
+                Key::Null => py.None().into_bound(py),
+            };
+            pairs.push(PyTuple::new(py, [key, value.into_any()])?);
+        }
+        PyList::new(py, pairs)
+    }
+
+    /// The whole state as the Python engine's snapshot bytes (services/matching/snapshot.py).
+    fn snapshot<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &snapshot::dump(&self.engine))
+    }
+
+    /// Load a decoded snapshot (format 1, as orjson decodes it) into this fresh engine.
+    fn restore_state(
+        &mut self,
+        now: i64,
+        seq: i64,
+        loads: Vec<(
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        )>,
+        offers: Vec<(
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            bool,
+        )>,
+        auctions: Vec<AuctionRow>,
+    ) -> PyResult<()> {
+        if self.engine.seq != 0 || !self.engine.books.is_empty() {
+            return Err(PyValueError::new_err("restore into a fresh engine only"));
+        }
+        let e = &mut self.engine;
+        e.now = now;
+        e.seq = seq;
+        // Loads and auctions share one id space: insert them in seq order, as the
+        // Python restore does, so every level's FIFO is rebuilt in arrival order.
+        let mut posted: Vec<(i64, Result<usize, usize>)> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.0, Ok(i)))
+            .chain(auctions.iter().enumerate().map(|(i, r)| (r.0, Err(i))))
+            .collect();
+        posted.sort_by_key(|p| p.0);
+        for (_, which) in posted {
+            match which {
+                Ok(i) => {
+                    let r = &loads[i];
+                    let lane = Lane {
+                        origin: &r.3,
+                        destination: &r.4,
+                        vehicle_class: &r.5,
+                    };
+                    e.restore_load(r.0, &r.1, &r.2, &lane, r.6, r.7, r.8, r.9, r.10);
+                }
+                Err(i) => {
+                    let (
+                        seq,
+                        load_id,
+                        shipper_id,
+                        o,
+                        d,
+                        c,
+                        closes_at,
+                        reserve,
+                        instant,
+                        sealed,
+                        bids,
+                    ) = &auctions[i];
+                    let lane = Lane {
+                        origin: o,
+                        destination: d,
+                        vehicle_class: c,
+                    };
+                    let a = e.restore_auction(
+                        *seq, load_id, shipper_id, &lane, *closes_at, *reserve, *instant, *sealed,
+                    );
+                    for (bseq, bid_id, carrier_id, price_fen) in bids {
+                        e.restore_bid(a, *bseq, bid_id, carrier_id, *price_fen);
+                    }
+                }
+            }
+        }
+        for r in &offers {
+            let lane = Lane {
+                origin: &r.3,
+                destination: &r.4,
+                vehicle_class: &r.5,
+            };
+            e.restore_offer(r.0, &r.1, &r.2, &lane, r.6, r.7, r.8, r.9, r.10, r.11);
+        }
+        Ok(())
+    }
+
+    /// The engine's clock: the largest valid ts seen.
+    #[getter]
+    fn now(&self) -> i64 {
+        self.engine.now
+    }
+
+    /// (resting market loads and offers, open auctions).
+    fn order_counts(&self) -> (usize, usize) {
+        self.engine.order_counts()
+    }
+}
+
+type AuctionRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    bool,
+    Vec<(i64, String, String, i64)>,
+);
+
+#[pymodule]
+fn wlex_matching_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Core>()?;
+    Ok(())
+}
