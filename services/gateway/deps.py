@@ -4,6 +4,7 @@ app (pool, command sink, stores) and the authenticated, rate-limited caller."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,8 @@ from typing import Annotated
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
@@ -23,6 +25,8 @@ from services.gateway.config import GatewayConfig
 from services.gateway.loadlog import Waiters
 from services.gateway.ratelimit import RateLimiter, retry_after_header
 from services.gateway.settlement_client import SettlementClient
+
+log = logging.getLogger(__name__)
 
 
 def clock_ms() -> int:
@@ -37,6 +41,15 @@ class CommandSink:
     not acknowledge within timeout_s the request fails with 503 and, because the wait
     cannot take back a send in flight, the same command may still land: the retry sends
     the same bytes again (see idempotency.py).
+
+    The commands of concurrent requests go out together, like the statements of
+    groupcommit.py: send() queues the command and waits; one flush at a time takes
+    every command waiting, appends them to one BatchBuilder per partition (in arrival
+    order, so the order per lane key is the order of send() calls) and waits for the
+    acks of the whole group. Measured under bench_gateway, aiokafka's send() per
+    command (an async call with its own metadata wait, Python murmur2 and accumulator
+    append) and a timer per request cost more of the gateway's CPU than the append,
+    and one group in flight makes fewer, larger produce requests for the broker.
     """
 
     def __init__(
@@ -45,19 +58,35 @@ class CommandSink:
         topic: str,
         timeout_s: float,
         metrics: KafkaMetrics | None = None,
+        *,
+        group_max: int = 1024,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self._group_max = group_max
         # The counter's child for this topic, looked up once rather than per command.
         self._produced = metrics.produced.labels(topic) if metrics is not None else None
+        # (key, value, future, deadline) of the commands waiting for the next flush.
+        self._waiting: list[tuple[bytes, bytes, asyncio.Future, float]] = []
+        self._flush_task: asyncio.Task | None = None
+        # key -> partition, as the producer's default partitioner places it (murmur2 of
+        # the key over the topic's partitions); lane keys are few, the hash is Python.
+        self._partitions: dict[bytes, int] = {}
+        self._partition_count = 0
+        self._partitioner = DefaultPartitioner()
 
     async def send(self, value: bytes, key: str) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append((key.encode(), value, future, loop.time() + self.timeout_s))
+        if self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush(), name="command sink")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                delivery = await self.producer.send(self.topic, value, key=key.encode())
-                await delivery
+            # A caller that stops waiting cancels only its future: its command is sent
+            # all the same, as if the caller had crashed after the send.
+            await future
         except (TimeoutError, KafkaError) as exc:
             raise problems.ProblemError(
                 503,
@@ -66,8 +95,85 @@ class CommandSink:
                 " retry with the same Idempotency-Key",
                 headers={"Retry-After": "1"},
             ) from None
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                group = self._waiting[: self._group_max]
+                del self._waiting[: self._group_max]
+                await self._send_group(group)
+        finally:
+            self._flush_task = None
+
+    async def _send_group(self, group: list[tuple[bytes, bytes, asyncio.Future, float]]) -> None:
+        # The earliest deadline of the group: no request waits longer than timeout_s.
+        deadline = min(item[3] for item in group)
+        try:
+            async with asyncio.timeout_at(deadline):
+                deliveries = await self._submit(group)
+                await asyncio.gather(*deliveries)
+        except (TimeoutError, KafkaError) as exc:
+            for _, _, future, _ in group:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, KafkaError) else TimeoutError())
+            return
+        except Exception as exc:  # a bug here must fail the requests (500), not hang them
+            log.exception("sending a group of %d commands failed", len(group))
+            for _, _, future, _ in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, _, future, _ in group:
+            if not future.done():
+                future.set_result(None)
         if self._produced is not None:
-            self._produced.inc()
+            self._produced.inc(len(group))
+
+    async def _submit(
+        self, group: list[tuple[bytes, bytes, asyncio.Future, float]]
+    ) -> list[asyncio.Future]:
+        """Queues the group's records, one BatchBuilder per partition (more when one
+        fills); returns the batches' delivery futures."""
+        # Waits for the topic's metadata only when the producer has none yet.
+        partitions = await self.producer.partitions_for(self.topic)
+        if len(partitions) != self._partition_count:  # partitions were added: re-place
+            self._partitions.clear()
+            self._partition_count = len(partitions)
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value, _, _ in group:
+            p = self._partitions.get(key)
+            if p is None:
+                p = self._place(key, partitions)
+            records = by_partition.get(p)
+            if records is None:
+                by_partition[p] = records = []
+            records.append((key, value))
+        deliveries = []
+        for partition, records in by_partition.items():
+            builder = self.producer.create_batch()
+            for key, value in records:
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    deliveries.append(
+                        await self.producer.send_batch(builder, self.topic, partition=partition)
+                    )
+                    builder = self.producer.create_batch()
+                    if builder.append(key=key, value=value, timestamp=None) is None:
+                        raise MessageSizeTooLargeError(f"a command of {len(value)} bytes")
+            if builder.record_count():
+                deliveries.append(
+                    await self.producer.send_batch(builder, self.topic, partition=partition)
+                )
+        return deliveries
+
+    def _place(self, key: bytes, partitions: set[int]) -> int:
+        if len(self._partitions) >= _PARTITION_CACHE_MAX:
+            self._partitions.clear()
+        p = self._partitioner(key, sorted(partitions), None)
+        self._partitions[key] = p
+        return p
+
+
+_PARTITION_CACHE_MAX = 100_000
 
 
 @dataclass
