@@ -270,7 +270,8 @@ async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: in
     from services.settlement.settler_service import SettlerService
 
     schema = f"bench_settler_{uuid.uuid4().hex[:8]}"
-    pool = await db.create_pool(url, schema=schema, min_size=2, max_size=3)
+    # As services.settlement opens its pool: no session reset at each release.
+    pool = await db.create_pool(url, schema=schema, min_size=2, max_size=3, reset_session=False)
     try:
         await store.migrate(pool)
         ledger = store.LedgerStore(pool)

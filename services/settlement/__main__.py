@@ -43,7 +43,11 @@ def http_app(ctx: ServiceContext):
 
 async def main(ctx: ServiceContext) -> None:
     settings: SettlementSettings = ctx.settings  # type: ignore[assignment]
-    pool = await ctx.open_pool(schema=settings.db_schema, max_size=POOL_MAX)
+    # No session reset at each release (one round trip less per batch): the gate, the
+    # settler, the relays and the read API leave no session state behind (SET LOCAL and
+    # transaction-level advisory locks only; db.create_pool lists what would break it).
+    pool = await ctx.open_pool(schema=settings.db_schema, max_size=POOL_MAX,
+                               reset_session=False)  # fmt: skip
     await store.migrate(pool)
     _app.state.pool = pool
     metrics = settlement_metrics()

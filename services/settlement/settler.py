@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.common.envelope import make
 from services.settlement import postings
@@ -54,10 +54,10 @@ SHIPMENT_TYPES = frozenset(
 TYPES = MARKET_TYPES | SHIPMENT_TYPES
 
 
-@dataclass(frozen=True, slots=True)
-class Effect:
+class Effect(NamedTuple):
     """What one event does. `after` is None when the row does not change; `reason` says
-    why an event was ignored or refused (one word)."""
+    why an event was ignored or refused (one word). A tuple, like LoadHold: one is built
+    per event of every batch."""
 
     event: dict[str, Any]
     load_id: str | None

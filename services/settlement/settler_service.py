@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -325,8 +325,8 @@ class SettlerService:
                                   ef.event["type"], ef.event["id"], ef.load_id, results)  # fmt: skip
                         report.ledger_refusals.update(bad)
                         ledger_results[ef.event["id"]] = list(results)
-                        effects.append(replace(ef, outcome=REFUSED, reason=bad[0], transfers=(),
-                                               after=None, emitted=()))  # fmt: skip
+                        effects.append(ef._replace(outcome=REFUSED, reason=bad[0], transfers=(),
+                                                       after=None, emitted=()))  # fmt: skip
                         continue
                 effects.append(ef)
         refusals = [(ef, ledger_results.get(ef.event["id"], []))
