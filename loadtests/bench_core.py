@@ -10,10 +10,16 @@ Three measures, all in this one process, one after the other:
 Each measure runs the Python engine (engine.py, the reference: the historical keys
 price_only_ops_per_s, freight_ops_per_s, ratio_vs_*, bytes_per_resting_order) and the
 native engine (native_engine.py, what the service runs: the native_* keys) on the same
-command dicts in the same run. The native headline is `process_encoded` (the service's
-call: (key, value) bytes per event); `native_*_process_ops_per_s` is `process` (dicts,
-decoded from those bytes: the tests' call). The targets are checked on the native
-figures. Native memory is measured by RSS (tracemalloc does not see Rust's allocator).
+command dicts in the same run. The native headline is `process_encoded`: command dicts
+in, as issue 3 feeds "Engine.process in batches of 1,000 commands" and as the peers get
+their orders ready-made; (key, value) bytes per event out, as the service writes them.
+Beside it: `native_*_process_ops_per_s` is `process` (dicts out: the tests' call), and
+`native_raw_*_ops_per_s` is `process_raw` on the same commands pre-encoded with orjson
+(outside the timing): Kafka value bytes in, the service's real input and call, which
+includes the JSON parsing the dict figures leave out;
+`native_service_path_before_*` is what the service did before process_raw (orjson
+decode + envelope validation + process_encoded, one run). The targets are checked on
+the headline. Native memory is measured by RSS (tracemalloc does not see Rust's allocator).
 
 Timing: time.perf_counter around the feeding loop only (workload generation and batch
 slicing happen before), best of --reps runs, each on a fresh book. Before every timed run
@@ -178,23 +184,67 @@ def engine_events(batches: list[list[dict]], cls: type | None = None) -> list[di
 
 def bench_native(batches: list[list[dict]], reps: int, n: int, expected: Counter) -> dict:
     """The native engine on the same batches: process_encoded (the headline), process,
-    and process_encoded with the gc off; its event counts must equal the Python
-    engine's (`expected`)."""
+    process_encoded with the gc off, and process_raw on the same commands encoded with
+    orjson beforehand (the service's input: Kafka value bytes); its event counts must
+    equal the Python engine's (`expected`). `service_path_ops_per_s` is what the service
+    did before process_raw: decode + envelope validation + process_encoded."""
+    import orjson
+
+    from services.common.envelope import decode
     from services.matching.engines import event_type
+    from services.matching.envelope_check import validate_envelope
 
     native = native_class()
     engine = native()
     events = Counter(event_type(v) for batch in batches for _, v in engine.process_encoded(batch))
     if events != expected:
         raise SystemExit(f"native events {dict(events)} differ from Python's {dict(expected)}")
+    raw = [[orjson.dumps(c) for c in batch] for batch in batches]  # outside the timing
+    fallbacks = 0
+
+    def fallback(value, i):  # the service's: decode, validate (none is a dead letter here)
+        nonlocal fallbacks
+        fallbacks += 1
+        envelope = decode(value)
+        validate_envelope(envelope)
+        return envelope
+
+    def run_raw():
+        engine = native()
+        for batch in raw:
+            engine.process_raw(batch, fallback)
+        return engine
+
+    def run_service_path():
+        engine = native()
+        for batch in raw:
+            commands = [decode(value) for value in batch]
+            for c in commands:
+                validate_envelope(c)
+            engine.process_encoded(commands)
+        return engine
+
+    raw_engine = native()
+    raw_events = Counter(
+        event_type(v) for batch in raw for _, v in raw_engine.process_raw(batch, fallback)
+    )
+    del raw_engine
+    if raw_events != expected:
+        raise SystemExit(f"process_raw events {dict(raw_events)} differ: {dict(expected)}")
     seconds, _ = best_of(reps, lambda: run_engine(batches, native, encoded=True))
     seconds_process, _ = best_of(reps, lambda: run_engine(batches, native))
     seconds_gc_off, _ = best_of(
         reps, lambda: run_engine(batches, native, encoded=True), gc_on=False
     )
+    seconds_raw, _ = best_of(reps, run_raw)
+    seconds_service, _ = best_of(1, run_service_path)
     return {"ops_per_s": n / seconds, "seconds": seconds,
             "process_ops_per_s": n / seconds_process,
-            "ops_per_s_gc_off": n / seconds_gc_off, "events": dict(events)}  # fmt: skip
+            "ops_per_s_gc_off": n / seconds_gc_off,
+            "raw_ops_per_s": n / seconds_raw, "raw_seconds": seconds_raw,
+            "raw_fallbacks": fallbacks,
+            "service_path_ops_per_s": n / seconds_service,
+            "events": dict(events)}  # fmt: skip
 
 
 def best_of(reps: int, run: Callable[[], object], *, gc_on: bool = True) -> tuple[float, object]:
@@ -244,7 +294,7 @@ def bench_price_only(n: int, seed: int, reps: int, batch: int, peer_names: list[
     seconds_gc_off, _ = best_of(reps, lambda: run_engine(batches), gc_on=False)
     result["engine"]["ops_per_s_gc_off"] = n / seconds_gc_off
 
-    say("price-only: native engine (process_encoded, process)")
+    say("price-only: native engine (process_encoded, process, process_raw)")
     result["native"] = bench_native(batches, reps, n, events)
 
     say("price-only: minimal book")
@@ -314,7 +364,7 @@ def bench_freight(n: int, seed: int, reps: int, batch: int) -> dict:
     del outs
     say("freight: engine, cyclic gc disabled")
     seconds_gc_off, _ = best_of(reps, lambda: run_engine(batches), gc_on=False)
-    say("freight: native engine (process_encoded, process)")
+    say("freight: native engine (process_encoded, process, process_raw)")
     native = bench_native(batches, reps, n, events)
     return {"ops_per_s_gc_off": n / seconds_gc_off, "commands": n, "batch_commands": batch, "ops_per_s": n / seconds, "seconds": seconds,
             "events": dict(events), "rejected_by_reason": dict(reasons), "native": native}  # fmt: skip
@@ -425,6 +475,8 @@ def print_table(report: dict) -> None:
         rows.append((f"peer {name}", p["ops_per_s"], p["trades"]))
     rows.insert(0, ("wlex native engine, process_encoded", po["native"]["ops_per_s"], po["engine"]["trades"]))  # fmt: skip
     rows.insert(1, ("wlex native engine, process", po["native"]["process_ops_per_s"], po["engine"]["trades"]))  # fmt: skip
+    rows.insert(2, ("wlex native engine, process_raw", po["native"]["raw_ops_per_s"], po["engine"]["trades"]))  # fmt: skip
+    rows.insert(3, ("wlex native, decode+validate+encoded", po["native"]["service_path_ops_per_s"], po["engine"]["trades"]))  # fmt: skip
     print(f"\nprice-only: {po['orders']:,} orders on one lane, batches of {po['batch_commands']:,}")
     rows.insert(
         1, ("wlex engine, cyclic gc off", po["engine"]["ops_per_s_gc_off"], po["engine"]["trades"])
@@ -445,7 +497,9 @@ def print_table(report: dict) -> None:
     print(
         f"  native: {fr['native']['ops_per_s']:,.0f} ops/s process_encoded, "
         f"{fr['native']['process_ops_per_s']:,.0f} process, "
-        f"{fr['native']['ops_per_s_gc_off']:,.0f} process_encoded with the gc off"
+        f"{fr['native']['ops_per_s_gc_off']:,.0f} process_encoded with the gc off, "
+        f"{fr['native']['raw_ops_per_s']:,.0f} process_raw (bytes in), "
+        f"{fr['native']['service_path_ops_per_s']:,.0f} decode+validate+process_encoded"
     )
     print("  events: " + ", ".join(f"{k} {v:,}" for k, v in sorted(fr["events"].items())))
     print(
@@ -517,6 +571,10 @@ def main(argv: list[str] | None = None) -> dict:
         "native_freight_ops_per_s": freight["native"]["ops_per_s"],
         "native_freight_process_ops_per_s": freight["native"]["process_ops_per_s"],
         "native_freight_ops_per_s_gc_off": freight["native"]["ops_per_s_gc_off"],
+        "native_raw_price_only_ops_per_s": price_only["native"]["raw_ops_per_s"],
+        "native_raw_freight_ops_per_s": freight["native"]["raw_ops_per_s"],
+        "native_service_path_before_price_only_ops_per_s": price_only["native"]["service_path_ops_per_s"],
+        "native_service_path_before_freight_ops_per_s": freight["native"]["service_path_ops_per_s"],
         "native_ratio_vs_best_peer": native_ops / peers[best_peer] if best_peer else None,
         "native_ratio_vs_minimal_book": native_ops / price_only["minimal_book"]["ops_per_s"],
         "native_bytes_per_resting_order": native_memory["bytes_per_resting_order_rss"],

@@ -179,19 +179,30 @@ def decode_batch(
         batch.first_offsets[tp] = records[0].offset
         batch.offsets[tp] = records[-1].offset + 1
         for record in records:
-            try:
-                envelope = decode(record.value)
-            except DecodeError as exc:
-                batch.dead.append(DeadLetter(record, UNDECODABLE, str(exc)))
-                continue
-            try:
-                validate(envelope)
-            except schemas.ValidationError as exc:
-                batch.dead.append(DeadLetter(record, INVALID, str(exc)))
-                continue
-            batch.messages.append(envelope)
-            batch.records.append(record)
+            envelope = decode_valid(record, validate, batch.dead)
+            if envelope is not None:
+                batch.messages.append(envelope)
+                batch.records.append(record)
     return batch
+
+
+def decode_valid(
+    record: ConsumerRecord, validate: Callable[[Any], None], dead: list[DeadLetter]
+) -> dict[str, Any] | None:
+    """The envelope of one record, decoded and validated; None when it fails, with its
+    DeadLetter (reason UNDECODABLE or INVALID) appended to `dead`. decode_batch's step,
+    for consumers that decode records themselves (the matching engine's raw path)."""
+    try:
+        envelope = decode(record.value)
+    except DecodeError as exc:
+        dead.append(DeadLetter(record, UNDECODABLE, str(exc)))
+        return None
+    try:
+        validate(envelope)
+    except schemas.ValidationError as exc:
+        dead.append(DeadLetter(record, INVALID, str(exc)))
+        return None
+    return envelope
 
 
 async def fetch_batch(

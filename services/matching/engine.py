@@ -152,6 +152,12 @@ class Engine:
             for e in self.process(commands)
         ]
 
+    def process_raw(self, values: list, fallback) -> list[tuple[bytes | None, bytes]]:
+        """Kafka record values in, as NativeEngine.process_raw: here every value goes
+        through `fallback(value, index)` (decode and validate; None: a dead letter)."""
+        commands = [fallback(value, i) for i, value in enumerate(values)]
+        return self.process_encoded([c for c in commands if c is not None])
+
     def _odd(self, cmd, out, base):  # unannotated: a command may be anything
         """A command whose envelope is incomplete or mistyped (the careful path)."""
         if type(cmd) is not dict:

@@ -15,6 +15,8 @@ I/O. The reason words come from services/common/reasons.py, their one home.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import wlex_matching_native
 
@@ -61,6 +63,18 @@ class NativeEngine:
         """Handle `commands` (envelope dicts) in order; return (key, value) bytes of
         every outcome event in order, as the service writes them to Kafka."""
         return self._core.process_encoded(commands)
+
+    def process_raw(
+        self, values: list, fallback: Callable[[bytes | None, int], dict | None]
+    ) -> list[tuple[bytes | None, bytes]]:
+        """Handle Kafka record values (bytes, None for a null record) in order, as
+        process_encoded handles their decoded, validated envelopes. A value the core's
+        parser is sure of (a plainly valid envelope in strict JSON: native/src/json.rs)
+        is read in place; for any other, `fallback(value, index in values)` gives the
+        decoded, validated envelope, or None for a dead letter (skipped: the fallback
+        records it). Same outputs as process_encoded([fallback(v, i) ...]) with the
+        Nones left out, when fallback decodes and validates (test_native_raw.py)."""
+        return self._core.process_raw(values, fallback)
 
     def process(self, commands: list) -> list[dict]:
         """Handle `commands` in order; return every outcome envelope as a dict (the

@@ -48,7 +48,8 @@ class Outputs:
 
 
 def raw_batch(fetched) -> Batch:
-    """A Batch of undecoded records (the passthrough's): messages stay empty."""
+    """A Batch of undecoded records (the passthrough's, and the matching service's, whose
+    transform decodes them): messages stay empty."""
     batch = Batch(fetched_at_s=time.perf_counter())
     for tp, records in fetched.items():
         if records:

@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from services.common.kafka import decode_batch
+from services.common.kafka import decode_valid
 from services.matching.engines import MatchingEngine
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,15 @@ async def replay(
                     engine, _, stop = todo[tp.partition]
                     records = [r for r in records if r.offset < stop]
                     if records:
-                        batch = decode_batch({tp: records}, validate)
-                        # Encoded outputs, dropped: the native engine's cheapest call.
-                        engine.process_encoded(batch.messages)
-                        replayed += len(batch.messages)
+                        dead: list = []
+
+                        def fallback(value, i, records=records, dead=dead):
+                            return decode_valid(records[i], validate, dead)
+
+                        # Straight from the bytes, as the service's transform; encoded
+                        # outputs dropped. Dead letters are skipped, not sent again.
+                        engine.process_raw([r.value for r in records], fallback)
+                        replayed += len(records) - len(dead)
                 for p in list(remaining):
                     if await consumer.position(tps[p]) >= todo[p][2]:
                         remaining.discard(p)

@@ -24,10 +24,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from services.common.kafka import (
     Batch,
+    decode_valid,
     make_consumer,
     make_producer,
     static_partitions,
@@ -157,9 +158,11 @@ class MatchingService:
                 group_id=self.group_id,
                 dlq_topic=s.topic("dlq"),
                 source=SOURCE,
-                # Only an undecodable or malformed envelope is a dead letter: bad data is
-                # the engine's to answer (order.rejected invalid), in the market log.
-                validate=envelope_check.validate_envelope,
+                # Records come undecoded: transform decodes them (the native engine
+                # reads plain envelopes from their bytes). Only an undecodable or
+                # malformed envelope is a dead letter: bad data is the engine's to
+                # answer (order.rejected invalid), in the market log.
+                validate=None,
                 batch_records_max=s.matching_batch_records_max,
                 poll_timeout_ms=s.matching_poll_timeout_ms,
                 on_start=on_start,
@@ -273,21 +276,36 @@ class MatchingService:
     # -- the batch -------------------------------------------------------------------
 
     def transform(self, batch: Batch) -> Outputs:
-        """Each partition's commands through its engine; outputs encoded for the same
-        partition of market; snapshots that are due as extras."""
-        by_partition: dict[int, list[dict]] = {}
-        for message, record in zip(batch.messages, batch.records, strict=True):
-            commands = by_partition.get(record.partition)
-            if commands is None:
-                commands = by_partition[record.partition] = []
-            commands.append(message)
+        """Each partition's records through its engine, straight from their bytes
+        (process_raw: the native core reads plain envelopes itself and hands the rest to
+        decode_valid, which dead-letters what decode_batch would); outputs encoded for
+        the same partition of market; snapshots that are due as extras. The batch comes
+        undecoded (raw_batch); dead records leave batch.records for batch.dead."""
+        by_partition: dict[int, list[ConsumerRecord]] = {}
+        for record in batch.records:
+            records = by_partition.get(record.partition)
+            if records is None:
+                records = by_partition[record.partition] = []
+            records.append(record)
         out = Outputs()
         types = out.meta["types"] = Counter()
-        for p, commands in by_partition.items():
+        dead = batch.dead
+        dead_before = len(dead)
+        validate = envelope_check.validate_envelope
+        for p, records in by_partition.items():
+
+            def fallback(value, i, records=records):
+                return decode_valid(records[i], validate, dead)
+
             # (key, value) bytes straight from the engine: the native one never builds
-            # the event dicts at all.
-            records = out.records[p] = self.engines[p].process_encoded(commands)
-            types.update(event_type(value) for _, value in records)
+            # the command or event dicts at all.
+            encoded = out.records[p] = self.engines[p].process_raw(
+                [r.value for r in records], fallback
+            )
+            types.update(event_type(value) for _, value in encoded)
+        if len(dead) > dead_before:
+            gone = {id(letter.record) for letter in dead[dead_before:]}
+            batch.records = [r for r in batch.records if id(r) not in gone]
         for tp, next_offset in batch.offsets.items():
             p = tp.partition
             self.since_snapshot[p] += next_offset - self.next_offset[p]
@@ -331,7 +349,7 @@ class MatchingService:
     def on_commit(self, batch: Batch, out: Outputs, commit_s: float) -> None:
         m = self.metrics
         m.transactions.labels("committed").inc()
-        m.commands.inc(len(batch.messages))
+        m.commands.inc(len(batch.records))
         for type_, n in out.meta["types"].items():
             m.events.labels(type_).inc(n)
         m.batch_commands.observe(len(batch))

@@ -2,26 +2,32 @@
 //!
 //! Only the crossing lives here: a batch of command dicts in, one (key, value) pair of
 //! bytes per event out, the snapshot as bytes, a restore from orjson's decoded state.
-//! The rules are in engine.rs, the reading of commands in parse.rs, the JSON writing in
-//! emit.rs and snapshot.rs. services/matching/native_engine.py is the Python face.
+//! The rules are in engine.rs, the reading of commands in parse.rs (from dicts:
+//! pysource.rs; from Kafka value bytes: json.rs), the JSON writing in emit.rs and
+//! snapshot.rs. services/matching/native_engine.py is the Python face.
 
 mod book;
 mod commands;
 mod emit;
 mod engine;
+mod json;
 mod orders;
 mod parse;
+mod pysource;
 mod snapshot;
 mod timers;
 
 use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 
 use crate::commands::Lane;
 use crate::emit::{Key, Out};
 use crate::engine::{Engine, REASONS};
-use crate::parse::{Fields, Reader};
+use crate::json::Json;
+use crate::parse::Reader;
+use crate::pysource::{Keys, PySource};
 
 /// The engine with its reusable output buffer. Not thread-safe (`unsendable`): one
 /// engine belongs to one service loop.
@@ -29,7 +35,8 @@ use crate::parse::{Fields, Reader};
 struct Core {
     engine: Engine,
     out: Out,
-    fields: Fields,
+    keys: Keys,
+    json: Json,
     /// Each book's lane key as bytes, made once: most events are keyed by it.
     book_keys: Vec<Py<PyBytes>>,
 }
@@ -52,7 +59,8 @@ impl Core {
         Ok(Core {
             engine: Engine::new(reasons_of(&reasons)?),
             out: Out::default(),
-            fields: Fields::new(py),
+            keys: Keys::new(py),
+            json: Json::default(),
             book_keys: Vec::new(),
         })
     }
@@ -66,34 +74,71 @@ impl Core {
         commands: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         self.out.clear();
-        let mut reader = Reader::new(py, &self.fields);
+        let mut reader = Reader {
+            src: PySource::new(py, &self.keys),
+        };
+        let mut one = |cmd: &Bound<'py, PyAny>| {
+            let r = reader.command(&mut self.engine, &mut self.out, cmd);
+            reader.src.clear();
+            r
+        };
         if let Ok(list) = commands.cast::<PyList>() {
             for cmd in list.iter() {
-                reader.command(&mut self.engine, &mut self.out, &cmd)?;
+                one(&cmd)?;
             }
         } else {
             for cmd in commands.try_iter()? {
-                reader.command(&mut self.engine, &mut self.out, &cmd?)?;
+                one(&cmd?)?;
             }
         }
-        for b in self.book_keys.len()..self.engine.books.len() {
-            self.book_keys
-                .push(PyBytes::new(py, self.engine.books[b].key.as_bytes()).unbind());
-        }
-        let out = &self.out;
-        let mut pairs: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(out.events.len());
-        let mut start = 0;
-        for ev in &out.events {
-            let value = PyBytes::new(py, &out.buf[start..ev.end]);
-            start = ev.end;
-            let key = match ev.key {
-                Key::Book(b) => self.book_keys[b as usize].bind(py).clone().into_any(),
-                Key::Raw(s, e) => PyBytes::new(py, &out.keys[s as usize..e as usize]).into_any(),
-                Key::Null => py.None().into_bound(py),
+        self.pairs(py)
+    }
+
+    /// Handle `values` (Kafka record values: bytes, or None for a null record, in log
+    /// order) as `process_encoded` would handle `decode(value)` after the matching
+    /// service's envelope validation. A value the native parser is sure of (json.rs)
+    /// is read in place; any other goes to `fallback(value, index)`, which returns the
+    /// decoded, validated envelope (handled as by process_encoded) or None: a dead
+    /// letter, skipped (the fallback records it). Same return as process_encoded.
+    fn process_raw<'py>(
+        &mut self,
+        py: Python<'py>,
+        values: &Bound<'py, PyList>,
+        fallback: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.out.clear();
+        let mut reader = Reader {
+            src: PySource::new(py, &self.keys),
+        };
+        let n = values.len();
+        for (i, value) in values.iter().enumerate() {
+            if i + 1 < n {
+                // The values of a batch lie scattered in memory: fetch the next one's
+                // bytes while this one is handled.
+                prefetch_bytes(&values.get_item(i + 1)?);
+            }
+            let bytes = if unsafe { ffi::PyBytes_CheckExact(value.as_ptr()) } != 0 {
+                Some(unsafe { value.cast_unchecked::<PyBytes>() }.as_bytes())
+            } else {
+                None
             };
-            pairs.push(PyTuple::new(py, [key, value.into_any()])?);
+            if let Some(bytes) = bytes {
+                if let Some(root) = self.json.parse_envelope(bytes) {
+                    let mut fast = Reader {
+                        src: self.json.view(bytes),
+                    };
+                    fast.command(&mut self.engine, &mut self.out, &root)?;
+                    continue;
+                }
+            }
+            let envelope = fallback.call1((&value, i))?;
+            if !envelope.is_none() {
+                let r = reader.command(&mut self.engine, &mut self.out, &envelope);
+                reader.src.clear();
+                r?;
+            }
         }
-        PyList::new(py, pairs)
+        self.pairs(py)
     }
 
     /// The whole state as the Python engine's snapshot bytes (services/matching/snapshot.py).
@@ -209,6 +254,65 @@ impl Core {
     /// (resting market loads and offers, open auctions).
     fn order_counts(&self) -> (usize, usize) {
         self.engine.order_counts()
+    }
+}
+
+/// Ask the CPU to load a bytes object's contents into the cache (a hint only).
+#[inline]
+fn prefetch_bytes(value: &Bound<'_, PyAny>) {
+    #[cfg(target_arch = "x86_64")]
+    if unsafe { ffi::PyBytes_CheckExact(value.as_ptr()) } != 0 {
+        let bytes = unsafe { value.cast_unchecked::<PyBytes>() }.as_bytes();
+        for off in (0..bytes.len().min(1024)).step_by(64) {
+            // SAFETY: a prefetch of an address inside the object never faults.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    bytes.as_ptr().add(off) as *const i8,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
+impl Core {
+    /// The batch's events as a list of (key, value) tuples, built in place.
+    fn pairs<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        for b in self.book_keys.len()..self.engine.books.len() {
+            self.book_keys
+                .push(PyBytes::new(py, self.engine.books[b].key.as_bytes()).unbind());
+        }
+        let out = &self.out;
+        // SAFETY: a new list of n slots, each set exactly once below before the list
+        // is seen by anyone; SET_ITEM steals the references it is given.
+        unsafe {
+            let list = ffi::PyList_New(out.events.len() as ffi::Py_ssize_t);
+            if list.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let list = Bound::from_owned_ptr(py, list);
+            let mut start = 0;
+            for (i, ev) in out.events.iter().enumerate() {
+                let value = PyBytes::new(py, &out.buf[start..ev.end]);
+                start = ev.end;
+                let key = match ev.key {
+                    Key::Book(b) => self.book_keys[b as usize].bind(py).clone().into_any(),
+                    Key::Raw(s, e) => {
+                        PyBytes::new(py, &out.keys[s as usize..e as usize]).into_any()
+                    }
+                    Key::Null => py.None().into_bound(py),
+                };
+                let pair = ffi::PyTuple_New(2);
+                if pair.is_null() {
+                    return Err(PyErr::fetch(py));
+                }
+                ffi::PyTuple_SET_ITEM(pair, 0, key.into_ptr());
+                ffi::PyTuple_SET_ITEM(pair, 1, value.into_ptr());
+                ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, pair);
+            }
+            Ok(list.cast_into_unchecked::<PyList>())
+        }
     }
 }
 

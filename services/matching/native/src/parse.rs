@@ -1,16 +1,14 @@
-//! Reading commands from Python objects with the type rules of
-//! services/matching/commands.py: `type(x) is int` exactly (bool is not an int, nor is
-//! an int subclass; floats never), ints within 0..=2**63-1 (a Python int too large for
-//! i64 is simply out of range), ids non-empty exact `str`, lane parts non-empty without
-//! ">", `type(data) is dict`. Any failure of a command's data is `invalid`; which check
+//! Reading commands with the type rules of services/matching/commands.py, from either
+//! source: Python objects (the dict path, pysource.rs) or JSON bytes (json.rs). The
+//! rules: `type(x) is int` exactly (bool is not an int, nor is an int subclass; floats
+//! never), ints within 0..=2**63-1 (a Python int too large for i64 is simply out of
+//! range), ids non-empty exact `str`, lane parts non-empty without ">",
+//! `type(data) is dict`. Any failure of a command's data is `invalid`; which check
 //! failed never matters, so the order of the checks is free.
 //!
-//! Strings are borrowed from the Python objects, not copied: `Reader::keep` holds a
-//! strong reference to every string it hands out until the command is done, and a str's
-//! UTF-8 form never changes while the object lives.
+//! One reader over a `Source` keeps the two paths from ever disagreeing on a rule.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyString};
 
 use crate::commands::{
     AuctionTerms, BidPlace, Command, Kind, Lane, LoadPost, OfferPost, Pair, Parsed,
@@ -20,14 +18,13 @@ use crate::engine::Engine;
 
 macro_rules! fields {
     ($($name:ident = $text:literal),* $(,)?) => {
-        /// The field names, interned once (a dict lookup by an interned str whose hash
-        /// is cached is one probe).
-        pub struct Fields { $(pub $name: Py<PyString>,)* }
-        impl Fields {
-            pub fn new(py: Python<'_>) -> Fields {
-                Fields { $($name: PyString::intern(py, $text).unbind(),)* }
-            }
-        }
+        /// The field names a command is read by.
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum F { $($name,)* }
+        /// Their text, indexed by `F as usize`.
+        pub const NAMES: &[&str] = &[$($text,)*];
     };
 }
 
@@ -42,118 +39,88 @@ fields! {
     available_from = "available_from", available_to = "available_to", ask_fen = "ask_fen",
     consolidate = "consolidate", bid_id = "bid_id", price_fen = "price_fen",
     origin = "origin", destination = "destination", vehicle_class = "vehicle_class",
+    // The envelope's other keys: the JSON path checks them (json.rs).
+    v = "v", source = "source", cause = "cause",
 }
 
-type Obj<'py> = Bound<'py, PyAny>;
-
-/// `type(x) is int and lo <= x` within i64 (bool and int subclasses are not ints).
-fn int_from(x: &Obj, lo: i64) -> Option<i64> {
-    if !x.is_exact_instance_of::<PyInt>() {
-        return None;
-    }
-    match x.extract::<i64>() {
-        Ok(v) if v >= lo => Some(v),
-        _ => None, // below the range, or too large for i64: out of range
-    }
+/// Where command values come from. Strings handed out live for 'a: the source keeps
+/// them alive until the command is done.
+pub trait Source<'a> {
+    type V: Clone;
+    /// A dict, a subclass too (Python subscripts it).
+    fn is_dict(&self, v: &Self::V) -> bool;
+    /// `type(v) is dict`.
+    fn is_exact_dict(&self, v: &Self::V) -> bool;
+    /// d[f] if present; `d` satisfies `is_dict`.
+    fn get(&mut self, d: &Self::V, f: F) -> PyResult<Option<Self::V>>;
+    /// `type(v) is int` and within i64.
+    fn int(&self, v: &Self::V) -> Option<i64>;
+    /// `type(v) is bool`.
+    fn boolean(&self, v: &Self::V) -> Option<bool>;
+    fn is_none(&self, v: &Self::V) -> bool;
+    /// The text of an exact `str`. Err if it is not valid Unicode (a lone surrogate).
+    fn text(&mut self, v: &Self::V) -> PyResult<Option<&'a str>>;
+    /// The text of a `str` or a subclass of it.
+    fn any_text(&mut self, v: &Self::V) -> PyResult<Option<&'a str>>;
 }
 
-fn amount(x: &Obj) -> Option<i64> {
-    int_from(x, 1)
+pub struct Reader<S> {
+    pub src: S,
 }
 
-fn time(x: &Obj) -> Option<i64> {
-    int_from(x, 0)
-}
-
-fn boolean(x: &Obj) -> Option<bool> {
-    if x.is_exact_instance_of::<PyBool>() {
-        Some(x.is_truthy().unwrap_or(false))
-    } else {
-        None
-    }
-}
-
-pub struct Reader<'py, 'f> {
-    py: Python<'py>,
-    f: &'f Fields,
-    keep: Vec<Obj<'py>>,
-}
-
-impl<'py, 'f> Reader<'py, 'f> {
-    pub fn new(py: Python<'py>, f: &'f Fields) -> Self {
-        Reader {
-            py,
-            f,
-            keep: Vec::with_capacity(16),
-        }
+impl<'a, S: Source<'a>> Reader<S> {
+    fn amount(&self, x: &S::V) -> Option<i64> {
+        self.src.int(x).filter(|&v| v >= 1)
     }
 
-    #[inline]
-    fn get(&self, d: &Bound<'py, PyDict>, k: &Py<PyString>) -> PyResult<Option<Obj<'py>>> {
-        d.get_item(k.bind(self.py))
-    }
-
-    /// The text of an exact `str` (a str subclass is not a str here), kept alive until
-    /// the command is done. Err if it is not valid Unicode (a lone surrogate).
-    fn text<'a>(&mut self, x: &Obj<'py>) -> PyResult<Option<&'a str>> {
-        if !x.is_exact_instance_of::<PyString>() {
-            return Ok(None);
-        }
-        // SAFETY: `keep` holds a reference to the str until `clear`, which the caller
-        // runs only after the command's borrowed strings are dropped; a str's UTF-8
-        // buffer lives as long as the object and never changes.
-        let s = unsafe { x.cast_unchecked::<PyString>() }.to_str()? as *const str;
-        self.keep.push(x.clone());
-        Ok(Some(unsafe { &*s }))
+    fn time(&self, x: &S::V) -> Option<i64> {
+        self.src.int(x).filter(|&v| v >= 0)
     }
 
     /// A non-empty exact str.
-    fn id<'a>(&mut self, x: &Obj<'py>) -> PyResult<Option<&'a str>> {
-        Ok(self.text(x)?.filter(|s| !s.is_empty()))
+    fn id(&mut self, x: &S::V) -> PyResult<Option<&'a str>> {
+        Ok(self.src.text(x)?.filter(|s| !s.is_empty()))
     }
 
-    fn opt_id<'a>(&mut self, x: Option<Obj<'py>>) -> PyResult<Option<&'a str>> {
+    fn opt_id(&mut self, x: Option<S::V>) -> PyResult<Option<&'a str>> {
         match x {
             Some(x) => self.id(&x),
             None => Ok(None),
         }
     }
 
+    fn exact_dict<'v>(&self, data: Option<&'v S::V>) -> Option<&'v S::V> {
+        data.filter(|d| self.src.is_exact_dict(d))
+    }
+
     /// The id a command names, for its rejection: a string (even empty), else None.
-    fn ref_of<'a>(
-        &mut self,
-        data: Option<&Obj<'py>>,
-        field: &Py<PyString>,
-    ) -> PyResult<Option<&'a str>> {
-        let Some(data) = data else { return Ok(None) };
-        if !data.is_exact_instance_of::<PyDict>() {
+    fn ref_of(&mut self, data: Option<&S::V>, field: F) -> PyResult<Option<&'a str>> {
+        let Some(d) = self.exact_dict(data) else {
             return Ok(None);
-        }
-        let d = unsafe { data.cast_unchecked::<PyDict>() };
-        match self.get(d, field)? {
-            Some(x) => self.text(&x),
+        };
+        match self.src.get(d, field)? {
+            Some(x) => self.src.text(&x),
             None => Ok(None),
         }
     }
 
-    fn lane<'a>(&mut self, x: &Obj<'py>) -> PyResult<Option<Lane<'a>>> {
+    fn lane(&mut self, x: &S::V) -> PyResult<Option<Lane<'a>>> {
         // Python subscripts the lane: any dict (a subclass too) has the parts.
-        let Ok(d) = x.cast::<PyDict>() else {
+        if !self.src.is_dict(x) {
             return Ok(None);
-        };
-        let f = self.f;
+        }
         let (Some(o), Some(dst), Some(c)) = (
-            self.get(d, &f.origin)?,
-            self.get(d, &f.destination)?,
-            self.get(d, &f.vehicle_class)?,
+            self.src.get(x, F::origin)?,
+            self.src.get(x, F::destination)?,
+            self.src.get(x, F::vehicle_class)?,
         ) else {
             return Ok(None);
         };
         let part = |s: Option<&'a str>| s.filter(|s| !s.is_empty() && !s.contains('>'));
         let (Some(o), Some(dst), Some(c)) = (
-            part(self.text(&o)?),
-            part(self.text(&dst)?),
-            part(self.text(&c)?),
+            part(self.src.text(&o)?),
+            part(self.src.text(&dst)?),
+            part(self.src.text(&c)?),
         ) else {
             return Ok(None);
         };
@@ -164,34 +131,20 @@ impl<'py, 'f> Reader<'py, 'f> {
         }))
     }
 
-    fn exact_dict<'a>(data: Option<&'a Obj<'py>>) -> Option<&'a Bound<'py, PyDict>> {
-        let data = data?;
-        if data.is_exact_instance_of::<PyDict>() {
-            Some(unsafe { data.cast_unchecked::<PyDict>() })
-        } else {
-            None
-        }
-    }
-
-    fn load_post<'a>(&mut self, data: Option<&Obj<'py>>) -> PyResult<Parsed<'a, LoadPost<'a>>> {
-        let p = self.load_post_fields(data)?;
-        Ok(match p {
+    fn load_post(&mut self, data: Option<&S::V>) -> PyResult<Parsed<'a, LoadPost<'a>>> {
+        Ok(match self.load_post_fields(data)? {
             Some(p) => Ok(p),
-            None => {
-                let f = self.f;
-                Err(self.ref_of(data, &f.load_id)?)
-            }
+            None => Err(self.ref_of(data, F::load_id)?),
         })
     }
 
-    fn load_post_fields<'a>(&mut self, data: Option<&Obj<'py>>) -> PyResult<Option<LoadPost<'a>>> {
-        let Some(d) = Self::exact_dict(data) else {
+    fn load_post_fields(&mut self, data: Option<&S::V>) -> PyResult<Option<LoadPost<'a>>> {
+        let Some(d) = self.exact_dict(data) else {
             return Ok(None);
         };
-        let f = self.f;
         macro_rules! req {
             ($k:ident) => {
-                match self.get(d, &f.$k)? {
+                match self.src.get(d, F::$k)? {
                     Some(x) => x,
                     None => return Ok(None),
                 }
@@ -211,10 +164,10 @@ impl<'py, 'f> Reader<'py, 'f> {
             return Ok(None);
         };
         let (Some(weight_kg), Some(volume_dm3), Some(pickup_from), Some(pickup_to)) = (
-            amount(&weight_kg),
-            amount(&volume_dm3),
-            time(&pickup_from),
-            time(&pickup_to),
+            self.amount(&weight_kg),
+            self.amount(&volume_dm3),
+            self.time(&pickup_from),
+            self.time(&pickup_to),
         ) else {
             return Ok(None);
         };
@@ -224,11 +177,7 @@ impl<'py, 'f> Reader<'py, 'f> {
         let Some(lane) = self.lane(&lane)? else {
             return Ok(None);
         };
-        let mode = if mode.is_exact_instance_of::<PyString>() {
-            unsafe { mode.cast_unchecked::<PyString>() }
-                .to_str()?
-                .to_owned()
-        } else {
+        let Some(mode) = self.src.text(&mode)? else {
             return Ok(None);
         };
         let mut post = LoadPost {
@@ -243,7 +192,7 @@ impl<'py, 'f> Reader<'py, 'f> {
             auction: None,
         };
         if mode == "market" {
-            let Some(limit) = self.get(d, &f.limit_fen)?.and_then(|x| amount(&x)) else {
+            let Some(limit) = self.src.get(d, F::limit_fen)?.and_then(|x| self.amount(&x)) else {
                 return Ok(None);
             };
             post.limit_fen = limit;
@@ -252,24 +201,29 @@ impl<'py, 'f> Reader<'py, 'f> {
         if mode != "auction" {
             return Ok(None);
         }
-        let Some(a) = self.get(d, &f.auction)? else {
+        let Some(a) = self.src.get(d, F::auction)? else {
             return Ok(None);
         };
-        let Some(a) = Self::exact_dict(Some(&a)) else {
+        if !self.src.is_exact_dict(&a) {
             return Ok(None);
-        };
-        let closes_at = self.get(a, &f.closes_at)?.and_then(|x| time(&x));
-        let sealed = self.get(a, &f.sealed)?.and_then(|x| boolean(&x));
+        }
+        let closes_at = self.src.get(&a, F::closes_at)?.and_then(|x| self.time(&x));
+        let sealed = self
+            .src
+            .get(&a, F::sealed)?
+            .and_then(|x| self.src.boolean(&x));
         // None (or absent) is allowed; anything else must be an amount.
-        let opt_amount = |x: Option<Obj<'py>>| -> Option<Option<i64>> {
+        let opt_amount = |r: &Self, x: Option<S::V>| -> Option<Option<i64>> {
             match x {
                 None => Some(None),
-                Some(x) if x.is_none() => Some(None),
-                Some(x) => amount(&x).map(Some),
+                Some(x) if r.src.is_none(&x) => Some(None),
+                Some(x) => r.amount(&x).map(Some),
             }
         };
-        let reserve = opt_amount(self.get(a, &f.reserve_fen)?);
-        let instant = opt_amount(self.get(a, &f.instant_fen)?);
+        let reserve = self.src.get(&a, F::reserve_fen)?;
+        let reserve = opt_amount(self, reserve);
+        let instant = self.src.get(&a, F::instant_fen)?;
+        let instant = opt_amount(self, instant);
         let (Some(closes_at), Some(sealed), Some(reserve_fen), Some(instant_fen)) =
             (closes_at, sealed, reserve, instant)
         else {
@@ -292,28 +246,20 @@ impl<'py, 'f> Reader<'py, 'f> {
         Ok(Some(post))
     }
 
-    fn offer_post<'a>(&mut self, data: Option<&Obj<'py>>) -> PyResult<Parsed<'a, OfferPost<'a>>> {
-        let p = self.offer_post_fields(data)?;
-        Ok(match p {
+    fn offer_post(&mut self, data: Option<&S::V>) -> PyResult<Parsed<'a, OfferPost<'a>>> {
+        Ok(match self.offer_post_fields(data)? {
             Some(p) => Ok(p),
-            None => {
-                let f = self.f;
-                Err(self.ref_of(data, &f.offer_id)?)
-            }
+            None => Err(self.ref_of(data, F::offer_id)?),
         })
     }
 
-    fn offer_post_fields<'a>(
-        &mut self,
-        data: Option<&Obj<'py>>,
-    ) -> PyResult<Option<OfferPost<'a>>> {
-        let Some(d) = Self::exact_dict(data) else {
+    fn offer_post_fields(&mut self, data: Option<&S::V>) -> PyResult<Option<OfferPost<'a>>> {
+        let Some(d) = self.exact_dict(data) else {
             return Ok(None);
         };
-        let f = self.f;
         macro_rules! req {
             ($k:ident) => {
-                match self.get(d, &f.$k)? {
+                match self.src.get(d, F::$k)? {
                     Some(x) => x,
                     None => return Ok(None),
                 }
@@ -335,12 +281,12 @@ impl<'py, 'f> Reader<'py, 'f> {
             return Ok(None);
         };
         let (Some(kg), Some(dm3), Some(from), Some(to), Some(ask), Some(consolidate)) = (
-            amount(&kg),
-            amount(&dm3),
-            time(&from),
-            time(&to),
-            amount(&ask),
-            boolean(&consolidate),
+            self.amount(&kg),
+            self.amount(&dm3),
+            self.time(&from),
+            self.time(&to),
+            self.amount(&ask),
+            self.src.boolean(&consolidate),
         ) else {
             return Ok(None);
         };
@@ -363,13 +309,12 @@ impl<'py, 'f> Reader<'py, 'f> {
         }))
     }
 
-    fn bid_place<'a>(&mut self, data: Option<&Obj<'py>>) -> PyResult<Parsed<'a, BidPlace<'a>>> {
-        let f = self.f;
-        if let Some(d) = Self::exact_dict(data) {
-            let bid_id = self.get(d, &f.bid_id)?;
-            let load_id = self.get(d, &f.load_id)?;
-            let carrier_id = self.get(d, &f.carrier_id)?;
-            let price = self.get(d, &f.price_fen)?.and_then(|x| amount(&x));
+    fn bid_place(&mut self, data: Option<&S::V>) -> PyResult<Parsed<'a, BidPlace<'a>>> {
+        if let Some(d) = self.exact_dict(data) {
+            let bid_id = self.src.get(d, F::bid_id)?;
+            let load_id = self.src.get(d, F::load_id)?;
+            let carrier_id = self.src.get(d, F::carrier_id)?;
+            let price = self.src.get(d, F::price_fen)?.and_then(|x| self.amount(&x));
             if let (Some(bid_id), Some(load_id), Some(carrier_id), Some(price_fen)) = (
                 self.opt_id(bid_id)?,
                 self.opt_id(load_id)?,
@@ -384,18 +329,18 @@ impl<'py, 'f> Reader<'py, 'f> {
                 }));
             }
         }
-        Ok(Err(self.ref_of(data, &f.bid_id)?))
+        Ok(Err(self.ref_of(data, F::bid_id)?))
     }
 
-    fn pair<'a>(
+    fn pair(
         &mut self,
-        data: Option<&Obj<'py>>,
-        ref_field: &Py<PyString>,
-        owner_field: &Py<PyString>,
+        data: Option<&S::V>,
+        ref_field: F,
+        owner_field: F,
     ) -> PyResult<Parsed<'a, Pair<'a>>> {
-        if let Some(d) = Self::exact_dict(data) {
-            let r = self.get(d, ref_field)?;
-            let o = self.get(d, owner_field)?;
+        if let Some(d) = self.exact_dict(data) {
+            let r = self.src.get(d, ref_field)?;
+            let o = self.src.get(d, owner_field)?;
             if let (Some(ref_id), Some(owner_id)) = (self.opt_id(r)?, self.opt_id(o)?) {
                 return Ok(Ok(Pair { ref_id, owner_id }));
             }
@@ -405,67 +350,59 @@ impl<'py, 'f> Reader<'py, 'f> {
 
     /// Read one command envelope and have the engine handle it (the Python engine's
     /// `process` loop body, fast and careful paths together).
-    pub fn command(&mut self, eng: &mut Engine, out: &mut Out, cmd: &Obj<'py>) -> PyResult<()> {
-        self.keep.clear();
-        let r = self.command_inner(eng, out, cmd);
-        self.keep.clear();
-        r
-    }
-
-    fn command_inner(&mut self, eng: &mut Engine, out: &mut Out, cmd: &Obj<'py>) -> PyResult<()> {
+    pub fn command(&mut self, eng: &mut Engine, out: &mut Out, cmd: &S::V) -> PyResult<()> {
         // Python subscripts the command (cmd["id"]): anything but a dict is garbled.
-        let Ok(d) = cmd.cast::<PyDict>() else {
+        if !self.src.is_dict(cmd) {
             eng.garbled(out, "", None, None);
             return Ok(());
-        };
-        let f = self.f;
-        let id = self.get(d, &f.id)?;
-        let ts = self.get(d, &f.ts)?;
-        let typ = self.get(d, &f.typ)?;
-        let key = self.get(d, &f.key)?;
-        let data = self.get(d, &f.data)?;
+        }
+        let id = self.src.get(cmd, F::id)?;
+        let ts = self.src.get(cmd, F::ts)?;
+        let typ = self.src.get(cmd, F::typ)?;
+        let key = self.src.get(cmd, F::key)?;
+        let data = self.src.get(cmd, F::data)?;
         // The fast path of engine.py: all five fields present, a good id, ts and key.
         if let (Some(id), Some(ts), Some(typ), Some(key), Some(data)) =
             (&id, &ts, &typ, &key, &data)
         {
-            if let (Some(cid), Some(ts), Some(key)) = (self.id(id)?, time(ts), self.text(key)?) {
+            if let (Some(cid), Some(ts), Some(key)) =
+                (self.id(id)?, self.time(ts), self.src.text(key)?)
+            {
                 // handlers.get(cmd["type"]): a str subclass equal to a type name matches.
-                let kind = match typ.cast::<PyString>() {
-                    Ok(s) => Kind::of(s.to_str()?),
-                    Err(_) => None,
+                let kind = match self.src.any_text(typ)? {
+                    Some(s) => Kind::of(s),
+                    None => None,
                 };
                 return self.dispatch(eng, out, cid, ts, Some(key), kind, Some(data));
             }
         }
         // The careful path (`Engine._odd`).
-        if !cmd.is_exact_instance_of::<PyDict>() {
+        if !self.src.is_exact_dict(cmd) {
             eng.garbled(out, "", None, None);
             return Ok(());
         }
         let key = match &key {
-            Some(k) => self.text(k)?,
+            Some(k) => self.src.text(k)?,
             None => None,
         };
         let cid = match &id {
-            Some(x) => self.text(x)?,
+            Some(x) => self.src.text(x)?,
             None => None,
         };
         let kind = match &typ {
-            Some(t) if t.is_exact_instance_of::<PyString>() => {
-                Kind::of(unsafe { t.cast_unchecked::<PyString>() }.to_str()?)
-            }
-            _ => None,
+            Some(t) => self.src.text(t)?.and_then(Kind::of),
+            None => None,
         };
-        let ts = ts.as_ref().and_then(time);
+        let ts = ts.as_ref().and_then(|t| self.time(t));
         match (cid, ts) {
             (Some(cid), Some(ts)) if !cid.is_empty() => {
                 self.dispatch(eng, out, cid, ts, key, kind, data.as_ref())
             }
             _ => {
                 let field = match kind.and_then(Kind::ref_field) {
-                    Some("load_id") => Some(&f.load_id),
-                    Some("offer_id") => Some(&f.offer_id),
-                    Some("bid_id") => Some(&f.bid_id),
+                    Some("load_id") => Some(F::load_id),
+                    Some("offer_id") => Some(F::offer_id),
+                    Some("bid_id") => Some(F::bid_id),
                     _ => None,
                 };
                 let r = match field {
@@ -487,22 +424,21 @@ impl<'py, 'f> Reader<'py, 'f> {
         ts: i64,
         key: Option<&str>,
         kind: Option<Kind>,
-        data: Option<&Obj<'py>>,
+        data: Option<&S::V>,
     ) -> PyResult<()> {
-        let f = self.f;
         let cmd = match kind {
             None => Command::Unknown,
             Some(Kind::LoadPost) => Command::LoadPost(self.load_post(data)?),
             Some(Kind::OfferPost) => Command::OfferPost(self.offer_post(data)?),
             Some(Kind::BidPlace) => Command::BidPlace(self.bid_place(data)?),
             Some(Kind::LoadCancel) => {
-                Command::LoadCancel(self.pair(data, &f.load_id, &f.shipper_id)?)
+                Command::LoadCancel(self.pair(data, F::load_id, F::shipper_id)?)
             }
             Some(Kind::OfferCancel) => {
-                Command::OfferCancel(self.pair(data, &f.offer_id, &f.carrier_id)?)
+                Command::OfferCancel(self.pair(data, F::offer_id, F::carrier_id)?)
             }
             Some(Kind::BidWithdraw) => {
-                Command::BidWithdraw(self.pair(data, &f.bid_id, &f.carrier_id)?)
+                Command::BidWithdraw(self.pair(data, F::bid_id, F::carrier_id)?)
             }
             Some(Kind::ClockTick) => Command::ClockTick,
         };
