@@ -31,6 +31,25 @@ OfferId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[!-~]+$")
 _ANSWER_HEADERS = {"content-type": "application/json"}
 
 
+_INSERT_OFFER = (
+    "INSERT INTO offer (offer_id, carrier_id, status, origin, destination, vehicle_class,"
+    " command_id, data, requested_ms) VALUES ($1, $2, 'requested', $3, $4, $5, $6,"
+    " $7::jsonb, $8) ON CONFLICT (offer_id) DO NOTHING"
+)
+
+
+def offer_row(cmd: dict) -> tuple[str, tuple]:
+    """(sql, args) recording an offer.post command as a `requested` offer row: the one
+    row POST /v1/offers and an offer on the stream both write, so GET /v1/offers/{id}
+    and cancel work alike."""
+    d = cmd["data"]
+    lane = d["lane"]
+    return _INSERT_OFFER, (
+        d["offer_id"], d["carrier_id"], lane["origin"], lane["destination"],
+        lane["vehicle_class"], cmd["id"], orjson.dumps(d).decode(), cmd["ts"],
+    )  # fmt: skip
+
+
 def _unknown(offer_id: str) -> problems.ProblemError:
     return problems.ProblemError(404, reasons.UNKNOWN_ORDER, f"no offer {offer_id} of yours")
 
@@ -57,16 +76,7 @@ async def post_offer(request: Request, call: CarrierPost) -> Response:
 
     def record(cmd: dict) -> Recorded:
         d = cmd["data"]
-        lane = d["lane"]
-        sql = (
-            "INSERT INTO offer (offer_id, carrier_id, status, origin, destination, vehicle_class,"
-            " command_id, data, requested_ms) VALUES ($1, $2, 'requested', $3, $4, $5, $6,"
-            " $7::jsonb, $8) ON CONFLICT (offer_id) DO NOTHING"
-        )
-        args = (
-            d["offer_id"], d["carrier_id"], lane["origin"], lane["destination"],
-            lane["vehicle_class"], cmd["id"], orjson.dumps(d).decode(), cmd["ts"],
-        )  # fmt: skip
+        sql, args = offer_row(cmd)
         body = OfferAccepted(offer_id=d["offer_id"], command_id=cmd["id"])
         headers = dict(_ANSWER_HEADERS, location=f"/v1/offers/{d['offer_id']}")
         return Recorded(

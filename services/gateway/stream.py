@@ -32,6 +32,7 @@ from services.gateway.deps import Call, Deps
 from services.gateway.forward import Recorded, forward
 from services.gateway.hub import SLOW_CONSUMER, Frames, Hub, Listener
 from services.gateway.models import Fen, Id, OfferRequest, _Strict
+from services.gateway.offers import offer_row
 from services.gateway.ratelimit import retry_after_header
 from services.gateway.reference import tables
 
@@ -408,16 +409,8 @@ async def _offer(session: Session, doc: dict, call: Call):
     command = commands.offer_post(req, new_id(now), carrier, now)
 
     def record(cmd: dict) -> Recorded:
-        # The row POST /v1/offers writes, so GET /v1/offers/{id} and cancel work alike.
         d = cmd["data"]
-        lane = d["lane"]
-        sql = (
-            "INSERT INTO offer (offer_id, carrier_id, status, origin, destination, vehicle_class,"
-            " command_id, data, requested_ms) VALUES ($1, $2, 'requested', $3, $4, $5, $6,"
-            " $7::jsonb, $8) ON CONFLICT (offer_id) DO NOTHING"
-        )
-        args = (d["offer_id"], d["carrier_id"], lane["origin"], lane["destination"],
-                lane["vehicle_class"], cmd["id"], orjson.dumps(d).decode(), cmd["ts"])  # fmt: skip
+        sql, args = offer_row(cmd)  # the row POST /v1/offers writes
         session.hub.lookups.remember_owner(d["offer_id"], d["carrier_id"])
         body = {"status": "requested", "command_id": cmd["id"], "offer_id": d["offer_id"]}
         return Recorded(sql, args, _answer(body))
