@@ -151,33 +151,8 @@ impl Core {
         &mut self,
         now: i64,
         seq: i64,
-        loads: Vec<(
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-        )>,
-        offers: Vec<(
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            bool,
-        )>,
+        loads: Vec<LoadRow>,
+        offers: Vec<OfferRow>,
         auctions: Vec<AuctionRow>,
     ) -> PyResult<()> {
         if self.engine.seq != 0 || !self.engine.books.is_empty() {
@@ -316,6 +291,34 @@ impl Core {
     }
 }
 
+// The snapshot's rows as orjson decodes them (services/matching/snapshot.py's layout).
+type LoadRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+type OfferRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    bool,
+);
 type AuctionRow = (
     i64,
     String,

@@ -22,6 +22,22 @@ fn lane(buf: &mut Vec<u8>, b: &Book) {
     json_str(buf, &b.vehicle_class);
 }
 
+/// `[seq,id,owner,origin,destination,vehicle_class` (the common head of a load, offer
+/// or auction row), after a comma when the row is not its list's first.
+fn row_head(buf: &mut Vec<u8>, first: bool, seq: i64, id: &str, owner: &str, b: &Book) {
+    if !first {
+        buf.push(b',');
+    }
+    buf.push(b'[');
+    json_int(buf, seq);
+    buf.push(b',');
+    json_str(buf, id);
+    buf.push(b',');
+    json_str(buf, owner);
+    buf.push(b',');
+    lane(buf, b);
+}
+
 fn ints(buf: &mut Vec<u8>, values: &[i64]) {
     for &v in values {
         buf.push(b',');
@@ -40,17 +56,14 @@ pub fn dump(e: &Engine) -> Vec<u8> {
     let mut loads: Vec<_> = e.load_slab.iter().collect();
     loads.sort_unstable_by_key(|l| l.seq);
     for (n, l) in loads.iter().enumerate() {
-        if n > 0 {
-            buf.push(b',');
-        }
-        buf.push(b'[');
-        json_int(&mut buf, l.seq);
-        buf.push(b',');
-        json_str(&mut buf, &l.load_id);
-        buf.push(b',');
-        json_str(&mut buf, &l.shipper_id);
-        buf.push(b',');
-        lane(&mut buf, &e.books[l.book as usize]);
+        row_head(
+            &mut buf,
+            n == 0,
+            l.seq,
+            &l.load_id,
+            &l.shipper_id,
+            &e.books[l.book as usize],
+        );
         ints(
             &mut buf,
             &[
@@ -68,17 +81,14 @@ pub fn dump(e: &Engine) -> Vec<u8> {
     let mut offers: Vec<_> = e.offer_slab.iter().collect();
     offers.sort_unstable_by_key(|o| o.seq);
     for (n, o) in offers.iter().enumerate() {
-        if n > 0 {
-            buf.push(b',');
-        }
-        buf.push(b'[');
-        json_int(&mut buf, o.seq);
-        buf.push(b',');
-        json_str(&mut buf, &o.offer_id);
-        buf.push(b',');
-        json_str(&mut buf, &o.carrier_id);
-        buf.push(b',');
-        lane(&mut buf, &e.books[o.book as usize]);
+        row_head(
+            &mut buf,
+            n == 0,
+            o.seq,
+            &o.offer_id,
+            &o.carrier_id,
+            &e.books[o.book as usize],
+        );
         ints(
             &mut buf,
             &[
@@ -98,17 +108,14 @@ pub fn dump(e: &Engine) -> Vec<u8> {
     let mut auctions: Vec<_> = e.auction_slab.iter().collect();
     auctions.sort_unstable_by_key(|a| a.seq);
     for (n, a) in auctions.iter().enumerate() {
-        if n > 0 {
-            buf.push(b',');
-        }
-        buf.push(b'[');
-        json_int(&mut buf, a.seq);
-        buf.push(b',');
-        json_str(&mut buf, &a.load_id);
-        buf.push(b',');
-        json_str(&mut buf, &a.shipper_id);
-        buf.push(b',');
-        lane(&mut buf, &e.books[a.book as usize]);
+        row_head(
+            &mut buf,
+            n == 0,
+            a.seq,
+            &a.load_id,
+            &a.shipper_id,
+            &e.books[a.book as usize],
+        );
         buf.push(b',');
         json_int(&mut buf, a.closes_at);
         buf.push(b',');
