@@ -252,9 +252,9 @@ class Run:
     async def decided(self, n: int) -> None:
         await self.wait_count("SELECT count(*) FROM gate_decisions", n, "gate decisions")
 
-    async def market_settled(self) -> list[dict]:
+    async def market_settled(self) -> tuple[list[dict], int]:
         """Wait until matching has answered every forwarded command and the settler has
-        taken in every market event; the deals made."""
+        taken in every market event; the deals made and the inbox's size."""
         # The gate records a decision before its Kafka transaction commits: wait for
         # every forwarded command to be readable.
         forwarded = await self.count(
@@ -269,7 +269,7 @@ class Run:
         # The inbox keeps the events that concern money (settler.MARKET_TYPES).
         concern = sum(1 for e in expected if e["type"] in settler.MARKET_TYPES)
         await self.wait_count("SELECT count(*) FROM settler_inbox", concern, "settler inbox")
-        return [e["data"] for e in expected if e["type"] == "deal.made"]
+        return [e["data"] for e in expected if e["type"] == "deal.made"], concern
 
 
 async def run_exchange(run: Run, faults: bool, stack=None) -> dict:
@@ -283,13 +283,13 @@ async def run_exchange(run: Run, faults: bool, stack=None) -> dict:
         market = phase_market()
         await run.feed(market)
         await run.decided(len(participants) + len(market))
-        deals = await run.market_settled()
+        deals, inbox = await run.market_settled()
         assert len(deals) > 20, f"the workload made only {len(deals)} deals"
         shipments = phase_shipments(deals)
         await run.feed(shipments, "shipments")
-        before = await run.count("SELECT count(*) FROM settler_inbox")
+        # Not a count made after the feed: the settler may have taken batches by then.
         await run.wait_count(
-            "SELECT count(*) FROM settler_inbox", before + len(shipments), "shipments"
+            "SELECT count(*) FROM settler_inbox", inbox + len(shipments), "shipments"
         )
         withdrawals = phase_withdrawals()
         await run.feed(withdrawals)
