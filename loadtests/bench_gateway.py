@@ -25,9 +25,15 @@ measuring side must not be the bottleneck: the carriers are raw sockets on uvloo
 (`--ws-procs` processes, 2 by default, each holding its share of the connections), the
 upgrade written by hand and each frame parsed only as far as the event's ts, with no
 JSON decode and no task per connection; the producer queues each step as one batch per
-partition. The result gives the CPU of the clients and of the producer beside the
-gateway's, and the gateway's own histogram of the delay from ts to its fan-out
-(hub_lag_ms_at_most), which tells the gateway's share of the delay from the sockets'.
+partition. The result gives the CPU of the clients, of the producer and (a stack of
+this run) of PostgreSQL and Kafka beside the gateway's, and the gateway's own histogram
+of the delay from ts to its fan-out (hub_lag_ms_at_most), which tells the gateway's
+share of the delay from the sockets'.
+
+`--projector` runs only the read-model projector (Projector.apply, no Kafka, no HTTP)
+on bursts of auction.opened and bid.accepted, with their loads in the table and without
+(every event parked, as in the fan-out run), and prints events/s, CPU per event and
+statements per batch; it writes no result file.
 
 Uses WLEX_KAFKA_BOOTSTRAP / WLEX_DATABASE_URL when set, else starts a local stack in a
 temporary directory. Writes loadtests/results/bench_gateway.json and prints a summary.
@@ -386,7 +392,8 @@ async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: fl
 
 
 def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str, topic: str,
-                lanes: list[str], rate: float, duration_s: float, procs: int) -> dict:  # fmt: skip
+                lanes: list[str], rate: float, duration_s: float, procs: int,
+                state_dir: Path | None = None) -> dict:  # fmt: skip
     env = dict(env, WLEX_GATEWAY_STREAM_CONNECTIONS_MAX=str(len(carriers) + 100))
     server = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -413,8 +420,16 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         # with the gateway, and must not be what the latency measures.
         measuring = [psutil.Process(c.pid) for c in clients] + [psutil.Process()]
         measuring_before = _cpu_s(measuring)
+        # PostgreSQL and Kafka share the cores too (a stack of this run only).
+        stack_before = {n: _cpu_s(ps) for n, ps in _stack_processes(state_dir).items()}
         produced = asyncio.run(_produce_market(bootstrap, topic, lanes, rate, duration_s))
         time.sleep(2.0)  # let the last frames arrive
+        stack_after = {n: _cpu_s(ps) for n, ps in _stack_processes(state_dir).items()}
+        stack_cpu = {
+            f"{name}_cpu_s_per_s": round(_spent_s(stack_before[name], after) / (duration_s + 2), 3)
+            for name, after in stack_after.items()
+            if state_dir is not None
+        }
         cpu = proc.cpu_times()
         cpu_s = (cpu.user - cpu_before.user) + (cpu.system - cpu_before.system)
         clients_cpu = _cpu_s(measuring[:-1])
@@ -458,6 +473,8 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
             _spent_s(measuring_before, producer_cpu) / (duration_s + 2.0), 3
         ),
         "client_procs": procs,
+        # PostgreSQL's and Kafka's, when this run started them (postgres_cpu_s_per_s, ...).
+        **stack_cpu,
         # From the event's ts to the hub's fan-out (queued to the sockets), by the
         # gateway's own histogram: what the gateway adds before the socket writes.
         "hub_lag_ms_at_most": hub_lag,
@@ -503,6 +520,73 @@ async def _carriers(database_url: str, schema: str, n: int, lanes: list[str]) ->
         return out
     finally:
         await db.close_pool(pool)
+
+
+# ---------------------------------------------------------------------------- projector
+
+
+async def _projector_burst(database_url: str, parked: bool, auctions: int = 200,
+                           bids: int = 9, rounds: int = 5, batch: int = 500) -> dict:  # fmt: skip
+    """The read-model projector alone (Projector.apply, no Kafka): `rounds` bursts of
+    `auctions` auction.opened and `bids` bid.accepted each, in batches of `batch`, into
+    a new schema. parked: the loads are not in the gateway's table (the fan-out
+    benchmark's case: every event is parked, and the parked rows pile up), else they
+    are. Gives events/s, the projector's CPU per event and statements per batch."""
+    import asyncpg
+
+    from services.common import db
+    from services.common.envelope import make
+    from services.gateway import registry
+    from services.gateway.projection_service import Projector
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    pool = await db.create_pool(database_url, schema=schema, max_size=2)
+    now = time.time_ns() // 1_000_000
+    try:
+        await db.migrate(pool, "gateway")
+        async with pool.acquire() as conn:
+            shipper, _ = await registry.create(conn, "shipper", "bench shipper", now)
+            if not parked:
+                await conn.executemany(
+                    "INSERT INTO load (load_id, shipper_id, status, origin, destination,"
+                    " vehicle_class, command_id, data, requested_ms) VALUES ($1, $2, 'requested',"
+                    " '420100', '420600', 'van-9.6', $3, '{}'::jsonb, $4)",
+                    [(f"L{r}-{i}", shipper["participant_id"], f"c{r}-{i}", now)
+                     for r in range(rounds) for i in range(auctions)],
+                )  # fmt: skip
+        events = []
+        for r in range(rounds):
+            lane = "420100>420600>van-9.6"
+            events += [make("auction.opened", {"load_id": f"L{r}-{i}"}, lane, "matching", now)
+                       for i in range(auctions)]  # fmt: skip
+            events += [
+                make("bid.accepted", {"bid_id": f"b{r}-{i}-{j}", "load_id": f"L{r}-{i}",
+                                      "carrier_id": "c", "price_fen": 300_000 - j,
+                                      "best_fen": 300_000 - j}, lane, "matching", now)
+                for j in range(bids) for i in range(auctions)
+            ]  # fmt: skip
+        projector = Projector(pool)
+        await projector.start()
+        statements = []
+        started, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(events), batch):
+            await projector.apply(events[i : i + batch])
+            statements.append(getattr(projector, "statements", None))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return {
+            "parked": parked,
+            "events": len(events),
+            "events_per_s": round(len(events) / elapsed, 1),
+            "cpu_us_per_event": round(cpu * 1e6 / len(events), 1),
+            "statements_per_batch": statements[-1],
+        }
+    finally:
+        await db.close_pool(pool)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -653,6 +737,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ws-lanes", type=int, default=200, help="each carrier follows one")
     parser.add_argument("--ws-procs", type=int, default=2, help="client processes")
     parser.add_argument("--ws-only", action="store_true", help="skip the POST /v1/loads part")
+    parser.add_argument("--projector", action="store_true",
+                        help="only the read-model projector's bursts (printed, not written)")  # fmt: skip
     args = parser.parse_args(argv)
 
     from services.devenv.ports import free_port_block
@@ -667,6 +753,10 @@ def main(argv: list[str] | None = None) -> dict:
         stack = start_isolated(state_dir)
         bootstrap, database_url = stack.kafka_bootstrap, stack.database_url
     try:
+        if args.projector:
+            for parked in (False, True):
+                print(json.dumps(asyncio.run(_projector_burst(database_url, parked))))
+            return {}
         schema = f"bench_{uuid.uuid4().hex[:10]}"
         prefix = f"bench{uuid.uuid4().hex[:8]}."
         keys = asyncio.run(_prepare(database_url, bootstrap, schema, prefix, args.clients))
@@ -696,7 +786,7 @@ def main(argv: list[str] | None = None) -> dict:
             lanes = [_lane(i) for i in range(args.ws_lanes)]
             carriers = asyncio.run(_carriers(database_url, schema, args.ws_carriers, lanes))
             ws = _measure_ws(env, port, carriers, bootstrap, prefix + "market", lanes,
-                             args.ws_rate, args.ws_duration, args.ws_procs)  # fmt: skip
+                             args.ws_rate, args.ws_duration, args.ws_procs, state_dir)  # fmt: skip
         loads = asyncio.run(_count(database_url, schema))
     finally:
         if stack is not None:

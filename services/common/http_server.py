@@ -43,8 +43,13 @@ class HttpServer:
         *,
         graceful_timeout_s: float = 2.0,
         connections_max: int = 256,
+        ws_protocol: type | None = None,
     ) -> None:
         self.host = host
+        # A uvicorn WebSocket protocol class; None: the app's own `ws_protocol` attribute
+        # if it has one (the runner passes apps, not server options: the gateway's stream
+        # brings a protocol that writes many frames at once), else uvicorn's default.
+        ws_protocol = ws_protocol or getattr(app, "ws_protocol", None)
         self.port = port
         self._config = uvicorn.Config(
             app,
@@ -61,6 +66,7 @@ class HttpServer:
             # would compress it once per socket (the gateway's stream frames are small
             # JSON, and CPU is what the fan-out is short of).
             ws_per_message_deflate=False,
+            ws=ws_protocol or "auto",
         )
         self._server = _EmbeddedServer(self._config)
         self._task: asyncio.Task | None = None

@@ -22,6 +22,7 @@ from services.gateway.bodies import ERRORS_MAX
 from services.gateway.deps import SECURITY_SCHEME, Deps
 from services.gateway.metrics import HttpMetrics
 from services.gateway.models import LoadRequest, OfferRequest, ParticipantRequest
+from services.gateway.ws_protocol import StreamWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def create_app(deps: Deps | None, checks: HealthChecks | None = None) -> FastAPI
         telemetry=TELEMETRY_OFF,
     )
     app.state.deps = deps
+    # Read by services.common.http_server: the stream's frames are written many at once.
+    app.ws_protocol = StreamWebSocketProtocol  # type: ignore[attr-defined]
     app.include_router(reference.router)
     app.include_router(loads.router)
     app.include_router(offers.router)

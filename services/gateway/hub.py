@@ -88,12 +88,21 @@ class Frames:
     it sleeps. At 10,000 frames a second the queue was a tenth of the gateway's fan-out
     CPU. The bound counts frames not yet taken; a reader holds at most one taken batch,
     so a connection never has more than twice maxsize frames in memory.
+
+    writer, when the connection has one (services.gateway.ws_protocol's try_write), lets
+    put_many skip the queue: frames that find nothing waiting before them and the reader
+    idle (it has written everything it took) are written to the socket at once, in one
+    write, with no wake-up. Order is kept: anything queued, or taken and not yet
+    written, goes first. The writer refuses when the socket's buffer is above its
+    high-water mark, and the frames queue: a reader that does not read still meets the
+    bound.
     """
 
-    __slots__ = ("maxsize", "_items", "_reader", "_room")
+    __slots__ = ("maxsize", "writer", "_items", "_reader", "_room")
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, writer: Callable[[list[str]], bool] | None = None) -> None:
         self.maxsize = maxsize
+        self.writer = writer
         self._items: deque[str] = deque()
         self._reader: asyncio.Future | None = None  # set while the reader waits
         self._room: asyncio.Future | None = None  # set while a put() waits for room
@@ -102,11 +111,21 @@ class Frames:
         return len(self._items)
 
     def put_nowait(self, frame: str) -> None:
-        """Queues frame; asyncio.QueueFull when maxsize frames are waiting."""
-        if len(self._items) >= self.maxsize:
-            raise asyncio.QueueFull
-        self._items.append(frame)
+        """Queues (or writes) frame; asyncio.QueueFull when maxsize frames are waiting."""
+        self.put_many([frame])
+
+    def put_many(self, frames: list[str]) -> None:
+        """Writes frames at once when the writer can and nothing is ahead of them, else
+        queues them in order; asyncio.QueueFull, queueing none, when they do not fit."""
+        if not frames:
+            return
         reader = self._reader
+        if reader is not None and not self._items and self.writer is not None:
+            if self.writer(frames):
+                return
+        if len(self._items) + len(frames) > self.maxsize:
+            raise asyncio.QueueFull
+        self._items.extend(frames)
         if reader is not None:
             self._reader = None
             if not reader.done():
@@ -156,13 +175,17 @@ class Listener:
         # resumed on an instance that had read further): records below it are skipped.
         self.ahead: list[int] | None = None
         self.dropped = False
+        # Frames of the batch the hub is publishing, handed over at its end (flush).
+        self.pending: list[str] = []
 
-    def push(self, data: str) -> bool:
-        """Queue a frame without waiting; on a full queue mark the listener dropped."""
+    def flush(self) -> bool:
+        """Hand the pending frames to the connection, in one write when it is idle;
+        on a full queue mark the listener dropped. Never waits."""
+        frames, self.pending = self.pending, []
         if self.dropped:
             return False
         try:
-            self.queue.put_nowait(data)
+            self.queue.put_many(frames)
             return True
         except asyncio.QueueFull:
             self.dropped = True
@@ -231,6 +254,8 @@ class Hub:
         self._by_participant: dict[str, set[Listener]] = {}
         self._by_lane: dict[str | None, list[Listener]] = {}
         self._ahead: set[Listener] = set()
+        # Listeners with pending frames in the batch being published (_flush).
+        self._touched: list[Listener] = []
         self._replays = asyncio.Semaphore(config.replays_max)
         self._consumer: AIOKafkaConsumer | None = None
         self._cursor: str | None = None  # encode_cursor(positions), made on demand
@@ -275,8 +300,10 @@ class Hub:
             fetched = await self._consumer.getmany(timeout_ms=100, max_records=2000)
             if fetched:
                 self._metrics.consumed.labels(self.topic).inc(sum(len(r) for r in fetched.values()))
+                # A batch's frames reach each socket in one write (Listener.flush).
                 for entry in await self.entries(fetched, live=True):
-                    self.publish(entry)
+                    self._publish(entry)
+                self._flush()
             now = time.monotonic()
             if now - last_mark >= self.config.cursor_every_s:
                 last_mark = now
@@ -313,6 +340,25 @@ class Hub:
     def publish(self, entry: feed.Entry) -> None:
         """Advance the position past entry, keep it in the ring, queue it to every
         listener that may see it. Never waits."""
+        self._publish(entry)
+        self._flush()
+
+    def _flush(self) -> None:
+        touched, self._touched = self._touched, []
+        for listener in touched:
+            listener.flush()
+
+    def _push(self, listener: Listener, data: str) -> bool:
+        if listener.dropped:
+            return False
+        if not listener.pending:
+            self._touched.append(listener)
+        listener.pending.append(data)
+        return True
+
+    def _publish(self, entry: feed.Entry) -> None:
+        """publish() without the flush: the frames wait in the listeners' pending lists
+        until the caller's _flush(), with no await in between."""
         p = entry.partition
         self.positions[p] = entry.offset + 1
         self._cursor = None
@@ -350,11 +396,11 @@ class Hub:
             if entry.offset < ahead[entry.partition]:
                 return shared, False  # it had this one before it resumed here
             pos = [max(h, a) for h, a in zip(self.positions, ahead, strict=True)]
-            return shared, listener.push(feed.frame(feed.encode_cursor(pos), body).decode())
+            return shared, self._push(listener, feed.frame(feed.encode_cursor(pos), body).decode())
         if shared is None:
             # Made and decoded once per event: every listener gets the same str.
             shared = feed.frame(self.cursor(), body).decode()
-        return shared, listener.push(shared)
+        return shared, self._push(listener, shared)
 
     def _caught_up(self, listener: Listener) -> bool:
         ahead = listener.ahead
@@ -372,7 +418,8 @@ class Hub:
         for listener in self.listeners:
             # Optional frames: never the reason a listener is dropped.
             if listener.ahead is None and listener.queue.qsize() < listener.queue.maxsize // 2:
-                listener.push(data)
+                self._push(listener, data)
+        self._flush()
 
     # ------------------------------------------------------------------ listeners
 

@@ -35,6 +35,7 @@ from services.gateway.models import Fen, Id, OfferRequest, _Strict
 from services.gateway.offers import offer_row
 from services.gateway.ratelimit import retry_after_header
 from services.gateway.reference import tables
+from services.gateway.ws_protocol import SEND_TEXTS
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,13 @@ class Session:
         self.subscribing = False
         self.close_code = 1000
         self.close_reason = ""
-        self.queue = Frames(hub.config.queue_frames_max)
+        # The server's send-many extension (services.gateway.ws_protocol), when it has
+        # one: frames are then written many per socket write, and by the hub directly
+        # when this connection's sender is idle (Frames.put_many).
+        extension = (ws.scope.get("extensions") or {}).get(SEND_TEXTS)
+        self._send_texts = extension["send"] if extension else None
+        writer = extension["try_write"] if extension else None
+        self.queue = Frames(hub.config.queue_frames_max, writer)
         self.sender: asyncio.Task | None = None
         self.reader: asyncio.Task | None = None
         self.in_flight: set[asyncio.Task] = set()
@@ -174,12 +181,17 @@ class Session:
 
     async def _send_loop(self) -> None:
         send = self.ws.send
+        send_texts = self._send_texts
         queue = self.queue
         try:
             while True:
                 # Every frame waiting, one wake-up: at fan-out rates the wake-ups and
                 # the per-frame layers cost the gateway more than the frames.
-                for text in await queue.take_all():
+                texts = await queue.take_all()
+                if send_texts is not None:
+                    await send_texts(texts)  # one socket write
+                    continue
+                for text in texts:
                     await send({"type": "websocket.send", "text": text})
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.end(1000, "")

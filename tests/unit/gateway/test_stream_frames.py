@@ -57,3 +57,90 @@ async def test_a_cancelled_reader_leaves_the_queue_usable():
         await reader
     frames.put_nowait("a")
     assert await asyncio.wait_for(frames.take_all(), 1) == ["a"]
+
+
+# ---------------------------------------------------------------------------- direct writes
+
+
+class Socket:
+    """A writer (ws_protocol's try_write) that records each write; refuses while full."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[str]] = []
+        self.full = False
+
+    def __call__(self, texts: list[str]) -> bool:
+        if self.full:
+            return False
+        self.writes.append(list(texts))
+        return True
+
+
+async def _idle_reader(frames: Frames) -> asyncio.Task:
+    reader = asyncio.create_task(frames.take_all())
+    await asyncio.sleep(0)  # it waits now: everything it took was written
+    return reader
+
+
+async def test_frames_for_an_idle_connection_go_out_in_one_write_in_order():
+    socket = Socket()
+    frames = Frames(8, socket)
+    reader = await _idle_reader(frames)
+    frames.put_many(["a", "b", "c"])
+    assert socket.writes == [["a", "b", "c"]]
+    assert frames.qsize() == 0 and not reader.done()
+    reader.cancel()
+
+
+async def test_frames_queue_behind_frames_already_waiting():
+    socket = Socket()
+    frames = Frames(8, socket)
+    frames.put_many(["a"])  # no reader waits yet: queued
+    frames.put_many(["b", "c"])
+    assert socket.writes == []
+    assert await frames.take_all() == ["a", "b", "c"]
+
+
+async def test_a_full_socket_leaves_frames_queued_and_the_bound_holds():
+    socket = Socket()
+    frames = Frames(3, socket)
+    reader = await _idle_reader(frames)
+    socket.full = True
+    frames.put_many(["a", "b"])
+    assert socket.writes == [] and await asyncio.wait_for(reader, 1) == ["a", "b"]
+    frames.put_many(["c", "d", "e"])
+    with pytest.raises(asyncio.QueueFull):
+        frames.put_many(["f"])  # none of it is queued
+    assert await frames.take_all() == ["c", "d", "e"]
+
+
+async def test_a_hub_batch_reaches_each_listener_in_one_write():
+    from services.gateway import feed
+    from services.gateway.hub import Hub, Listener, StreamConfig
+
+    hub = Hub("unused:9092", "market", None, StreamConfig())
+    hub.positions = [0]
+    hub.ring = feed.Ring([0], 100)
+    sockets, readers = [], []
+    for lane in ("a>b>van-9.6", "c>d>van-9.6"):
+        listener = Listener("c1", feed.Subscription(lanes=frozenset([lane])), 16, lambda: None)
+        listener.queue = Frames(16, Socket())
+        hub.register(listener)
+        sockets.append(listener.queue.writer)
+        readers.append(await _idle_reader(listener.queue))
+    envs = [
+        {"id": f"e{i}", "type": "load.rested", "v": 1, "ts": i, "key": key, "source": "m",
+         "cause": None, "data": {"load_id": f"l{i}"}}
+        for i, key in enumerate(["a>b>van-9.6", "c>d>van-9.6", "a>b>van-9.6", "a>b>van-9.6"])
+    ]  # fmt: skip
+    for offset, env in enumerate(envs):
+        hub._publish(feed.make_entry(0, offset, env, {}, {}))
+    assert sockets[0].writes == [] and sockets[1].writes == []  # nothing before the flush
+    hub._flush()
+    first, second = sockets[0].writes, sockets[1].writes
+    assert len(first) == 1 and len(second) == 1  # one write per connection
+    assert ['"id":"e0"' in f for f in first[0]] == [True, False, False]
+    assert [f.split('"id":"')[1][:2] for f in first[0]] == ["e0", "e2", "e3"]
+    assert [f.split('"id":"')[1][:2] for f in second[0]] == ["e1"]
+    for reader in readers:
+        reader.cancel()
