@@ -32,7 +32,22 @@ def test_quick_run_writes_every_key_and_trade_counts_agree(tmp_path, capsys):
         assert report["peers"][name] > 0
     assert report["price_only_ops_per_s"] > 0 and report["freight_ops_per_s"] > 0
     assert report["bytes_per_resting_order"] > 0
+    # The target ratios come from the race, whose peers are the fastest sequential ones.
+    race = report["native_race"]
+    assert race["best_peer"] in report["peers"]
+    assert set(race["ops_per_s"]) >= {"native", "minimal_book", race["best_peer"]}
+    assert report["native_ratio_vs_best_peer"] == (
+        race["ops_per_s"]["native"] / race["ops_per_s"][race["best_peer"]]
+    )
     assert "price-only" in capsys.readouterr().out
+
+
+def test_race_runs_every_contender_each_round_in_rotated_order():
+    calls = []
+    contenders = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    best = bench_core.race(contenders, 3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert set(best) == {"a", "b", "c"} and all(0 <= s < 1 for s in best.values())
 
 
 def test_minimal_book_trades_best_price_then_earliest():
