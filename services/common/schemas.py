@@ -18,6 +18,8 @@ from fastjsonschema.draft04 import CodeGeneratorDraft04
 from fastjsonschema.draft07 import CodeGeneratorDraft07
 from fastjsonschema.ref_resolver import RefResolver
 
+from services.common.envelope_check import plainly_valid
+
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 EVENTS_DIR = SCHEMAS_DIR / "events"
 _SUFFIX = ".schema.json"
@@ -83,12 +85,17 @@ def _data_validator(type_: str):
     return _compile(path)
 
 
-def validate_envelope(envelope: Any) -> None:
+def validate_envelope(envelope: Any, *, fast: bool = True) -> None:
     """Checks the envelope fields only (not `data` against its type).
 
     For consumers that must answer bad or unknown commands themselves, like the
     matching engine, which rejects them with order.rejected rather than dead-letters.
+    fast=True (every caller) first asks envelope_check.plainly_valid, which accepts only
+    what the schema accepts; anything else, every refusal and its message included, is
+    the schema's decision. fast=False runs the schema alone (the reference, for tests).
     """
+    if fast and plainly_valid(envelope):
+        return
     try:
         _envelope_validator()(envelope)
     except fastjsonschema.JsonSchemaValueException as exc:
@@ -101,13 +108,14 @@ def _envelope_validator():
     return _compile(SCHEMAS_DIR / "envelope.schema.json")
 
 
-def validate(envelope: Any) -> None:
+def validate(envelope: Any, *, fast: bool = True) -> None:
     """Checks the envelope and its `data` against the schema of its type.
 
     Raises ValidationError naming the type and the failing field; a type without a
-    schema in schemas/events is invalid.
+    schema in schemas/events is invalid. Only the envelope part has a fast path
+    (validate_envelope); `data` always goes through the generated validator of its type.
     """
-    validate_envelope(envelope)
+    validate_envelope(envelope, fast=fast)
     type_ = envelope["type"]
     validator = _data_validator(type_)
     if validator is None:
