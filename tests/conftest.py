@@ -8,6 +8,7 @@ of these fixtures, so `pytest tests/unit` starts nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -83,3 +84,24 @@ async def pg_schema(database_url):
         await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def schema_pool(database_url: str, **pool_options):
+    """(schema, pool): a pool on a fresh schema of its own (db.create_pool makes it),
+    closed and the schema dropped afterwards; for a test that needs several."""
+    import asyncpg
+
+    from services.common import db
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    pool = await db.create_pool(database_url, schema=schema, **pool_options)
+    try:
+        yield schema, pool
+    finally:
+        await db.close_pool(pool)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()

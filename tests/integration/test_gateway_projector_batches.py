@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
 
-import asyncpg
 import orjson
 import pytest
 
@@ -18,6 +16,7 @@ from services.common import db
 from services.common.envelope import make
 from services.gateway.projection_service import Projector
 from services.gateway.registry import create as create_participant
+from tests.conftest import schema_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -109,10 +108,8 @@ _DUMP = {
 async def _run(database_url: str, batches, batched: bool) -> tuple[dict, list[int]]:
     """Projects the two batches (or each of their events alone) into a new schema;
     the rows of every read model, and the statements each apply() ran."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    pool = await db.create_pool(database_url, schema=schema, max_size=2)
     statements: list[int] = []
-    try:
+    async with schema_pool(database_url, max_size=2) as (_, pool):
         await db.migrate(pool, "gateway")
         async with pool.acquire() as conn:
             p, _ = await create_participant(conn, "shipper", "s", 0)
@@ -138,13 +135,6 @@ async def _run(database_url: str, batches, batched: bool) -> tuple[dict, list[in
                 tuple(shipper if v == shipper else v for v in r) for r in await pool.fetch(sql)
             ]
         return dump, statements
-    finally:
-        await db.close_pool(pool)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def test_a_batch_writes_the_rows_of_its_events_projected_one_at_a_time(database_url):
@@ -178,9 +168,7 @@ async def test_a_batch_writes_the_rows_of_its_events_projected_one_at_a_time(dat
 
 
 async def test_parked_events_wait_across_batches_and_count_down(database_url):
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    pool = await db.create_pool(database_url, schema=schema, max_size=2)
-    try:
+    async with schema_pool(database_url, max_size=2) as (_, pool):
         await db.migrate(pool, "gateway")
         async with pool.acquire() as conn:
             p, _ = await create_participant(conn, "shipper", "s", 0)
@@ -199,10 +187,3 @@ async def test_parked_events_wait_across_batches_and_count_down(database_url):
         again = Projector(pool)  # a restart counts the table
         await again.start()
         assert again.subjects == projector.subjects and again.parked == 7
-    finally:
-        await db.close_pool(pool)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()

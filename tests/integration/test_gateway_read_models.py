@@ -11,7 +11,6 @@ import contextlib
 import time
 import uuid
 
-import asyncpg
 import httpx
 import orjson
 import pytest
@@ -26,6 +25,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.deps import CommandSink, Deps
 from services.gateway.projection_service import TOPICS, ProjectionService, Projector
 from services.gateway.registry import create as create_participant
+from tests.conftest import schema_pool
 from tests.integration.kafka_helpers import read_committed
 from tests.integration.test_gateway_support import auction_load, auth, market_load, problem
 
@@ -120,50 +120,45 @@ class Exchange:
 @pytest.fixture(scope="module")
 async def ex(kafka_bootstrap, database_url):
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    schema = f"t_{uuid.uuid4().hex[:12]}"
     await create_topics(kafka_bootstrap, prefix, partitions=1)
-    pool = await db.create_pool(database_url, schema=schema, max_size=6)
-    await db.migrate(pool, "gateway")
-    producer = make_producer(kafka_bootstrap, client_id="read-models-test")
-    await producer.start()
-    config = GatewayConfig(
-        db_schema=schema, rate_per_s=1000, rate_burst=1000,
-        sse_keepalive_s=0.3, sse_max_s=2.0, sse_poll_s=0.2,
-    )  # fmt: skip
-    deps = Deps(
-        pool=pool,
-        commands=CommandSink(producer, prefix + "commands", 5.0),
-        config=config,
-        shipments=CommandSink(producer, prefix + "shipments", 5.0),
-    )
-    projection = ProjectionService(
-        Projector(pool, on_applied=deps.load_log.notify),
-        kafka_bootstrap,
-        [prefix + t for t in TOPICS],
-        group_id=f"{prefix}gateway-projection",
-        producer=producer,
-        dlq_topic=prefix + "dlq",
-        parked_retry_s=0.1,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(projection.run(stop))
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(deps)), base_url="http://gateway", timeout=20
-    )
-    try:
-        yield Exchange(deps, client, producer, prefix, kafka_bootstrap)
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        await client.aclose()
-        await producer.stop()
-        await db.close_pool(pool)
-        conn = await asyncpg.connect(database_url)
+    async with schema_pool(database_url, max_size=6) as (schema, pool):
+        await db.migrate(pool, "gateway")
+        producer = make_producer(kafka_bootstrap, client_id="read-models-test")
+        await producer.start()
+        config = GatewayConfig(
+            db_schema=schema, rate_per_s=1000, rate_burst=1000,
+            sse_keepalive_s=0.3, sse_max_s=2.0, sse_poll_s=0.2,
+        )  # fmt: skip
+        deps = Deps(
+            pool=pool,
+            commands=CommandSink(producer, prefix + "commands", 5.0),
+            config=config,
+            shipments=CommandSink(producer, prefix + "shipments", 5.0),
+        )
+        projection = ProjectionService(
+            Projector(pool, on_applied=deps.load_log.notify),
+            kafka_bootstrap,
+            [prefix + t for t in TOPICS],
+            group_id=f"{prefix}gateway-projection",
+            producer=producer,
+            dlq_topic=prefix + "dlq",
+            parked_retry_s=0.1,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(projection.run(stop))
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(deps)),
+            base_url="http://gateway",
+            timeout=20,
+        )
         try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            yield Exchange(deps, client, producer, prefix, kafka_bootstrap)
         finally:
-            await conn.close()
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+            await client.aclose()
+            await producer.stop()
 
 
 def sse_events(text: str) -> tuple[list[tuple[int, str, dict]], int]:
