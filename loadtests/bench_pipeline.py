@@ -9,15 +9,22 @@ throughput: preload `--commands` commands of the freight mix (loadtests.workload
     identity transform) reads the same preloaded log: the ceiling of the Python client
     stack. ratio = pipeline / passthrough.
 latency: the service as its own process (`python -m services.matching`), fed at
-    `--rate` commands/s for `--seconds` s, each command's ts set to the wall clock as it
-    is sent; latency = when a read_committed consumer of `market` receives an outcome
-    minus the ts of the command that caused it (clock-tick outcomes excluded; the first
-    `--warmup-s` seconds excluded).
+    `--rate` commands/s for `--seconds` s by a generator process of its own (commands
+    encoded beforehand, stamped with the wall clock on each `--tick-ms` tick, queued per
+    partition and handed to the producer as one batch per partition whenever it takes
+    one); latency = when a read_committed consumer of `market` here receives an outcome
+    minus the outcome's ts, which is its command's ts (the service's own clock-tick
+    outcomes and the first `--warmup-s` seconds excluded). CPU shares of the generator,
+    the reader, the service and the broker are reported with it.
+transactions (`--txn-rounds N`): N back-to-back transactions shaped like the service's,
+    with aiokafka's retry waits and with the service's, alternately.
 
 Starts its own broker (services.devenv.stack, free loopback ports) unless --bootstrap
 is given, so it never touches a running demo. Writes loadtests/results/bench_pipeline.json.
 
     python -m loadtests.bench_pipeline [--quick] [--sweep]
+    python -m loadtests.bench_pipeline --latency-only [--seconds 60] [--service-env N=V]
+    python -m loadtests.bench_pipeline --txn-rounds 200
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from services.common.kafka import (
     static_partitions,
     transactional_id_for,
 )
+from services.common.kafka_transactions import set_add_partitions_backoff
 from services.common.topics import create_topics
 from services.matching.config import MatchingSettings
 from services.matching.pipeline import Outputs, Pipeline
@@ -225,6 +233,9 @@ async def run_passthrough(
     async def on_start(_consumer):
         ready.set()
 
+    # The service's transactions, retries included (MatchingService.run does the same).
+    set_add_partitions_backoff(MatchingSettings().matching_add_partitions_backoff_ms / 1000)
+
     pipeline = Pipeline(
         consumer=consumer,
         new_producer=lambda: make_producer(
@@ -233,6 +244,7 @@ async def run_passthrough(
             client_id="passthrough",
             linger_ms=args.linger_ms,
             max_batch_size=MatchingSettings().matching_max_batch_bytes,
+            retry_backoff_ms=MatchingSettings().matching_retry_backoff_ms,
         ),
         transform=transform,
         out_topic=out_prefix + "market",
@@ -241,6 +253,7 @@ async def run_passthrough(
         source="passthrough",
         validate=None,
         batch_records_max=args.batch,
+        gather_poll_ms=MatchingSettings().matching_gather_poll_ms,  # the service's loop
         on_start=on_start,
         on_commit=on_commit,
     )
@@ -249,17 +262,177 @@ async def run_passthrough(
 
 # -- latency -----------------------------------------------------------------------------
 
+TS_PLACEHOLDER = b"1000000000000"  # 13 digits, like every epoch-ms until the year 2286
+TS_FIELD = b'"ts":' + TS_PLACEHOLDER
+ID_PREFIX = "lat"  # of the latency run's commands
+OUR_OUTCOME = b'{"id":"' + ID_PREFIX.encode()
+
+
+def encode_offer(rate: int, seconds: float) -> tuple[list[bytes | None], list[int], list[bytes]]:
+    """The latency run's commands, encoded before the clock starts: (keys, partitions,
+    values), each value with TS_PLACEHOLDER where its ts goes (stamped at send)."""
+    n = int(rate * seconds)
+    commands = workloads.freight_mix(
+        n, SEED + 1, start_ms=int(time.time() * 1000), id_prefix=ID_PREFIX
+    )
+    keys, parts, values = [], [], []
+    for c in commands:
+        key, p = keyed(c)
+        c["ts"] = int(TS_PLACEHOLDER)
+        value = encode(c)
+        if value.count(TS_FIELD) != 1:  # the placeholder must name the one ts field
+            raise RuntimeError(f"cannot place the ts in {value[:120]!r}")
+        keys.append(key)
+        parts.append(p)
+        values.append(value)
+    return keys, parts, values
+
+
+async def offer(
+    bootstrap: str, topic: str, rate: int, seconds: float, tick_ms: float, conn
+) -> dict:
+    """Offers rate commands/s for seconds s: on every tick of tick_ms, what is due by
+    then, each command's ts stamped with the wall clock at that tick, appended to its
+    partition's queue. One sender task per partition hands its queue to the producer as
+    one BatchBuilder whenever the producer takes one: aiokafka's send_batch waits until
+    the partition's previous batch has left (one request in flight per broker), so
+    handing it a batch per tick would pace the generator by the broker's round trip
+    (what held the earlier generator at 3,000-6,400 commands/s), while a queue that
+    grows meanwhile keeps the offered rate and counts the wait in the latency. No
+    per-record future or await; a callback counts refused batches."""
+    keys, parts, values = encode_offer(rate, seconds)
+    n = len(values)
+    where = [v.index(TS_FIELD) + 5 for v in values]
+    producer = make_producer(bootstrap, client_id="bench-offer", linger_ms=0)
+    await producer.start()
+    partitions = sorted(set(parts))
+    queues: dict[int, list[tuple[bytes | None, bytes]]] = {p: [] for p in partitions}
+    wake = {p: asyncio.Event() for p in partitions}
+    refused = []
+    batches = 0
+
+    def delivered(fut):
+        if fut.cancelled() or fut.exception() is not None:
+            refused.append(fut)
+
+    async def sender(p: int, done: asyncio.Event) -> None:
+        nonlocal batches
+        queue, event = queues[p], wake[p]
+        while True:
+            if not queue:
+                if done.is_set():
+                    return
+                event.clear()
+                await event.wait()
+                continue
+            records = queue[:]
+            queue.clear()
+            builder = producer.create_batch()
+            for key, value in records:
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    # Full (only after a long stall): send it, go on in a new one.
+                    fut = await producer.send_batch(builder, topic, partition=p)
+                    fut.add_done_callback(delivered)
+                    batches += 1
+                    builder = producer.create_batch()
+                    builder.append(key=key, value=value, timestamp=None)
+            fut = await producer.send_batch(builder, topic, partition=p)
+            fut.add_done_callback(delivered)
+            batches += 1
+
+    conn.send(("ready", n))
+    go_at = await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # wall clock
+    await asyncio.sleep(max(0.0, go_at - time.time()))
+    done = asyncio.Event()
+    senders = [asyncio.create_task(sender(p, done)) for p in partitions]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    sent = ticks = late_ticks = 0
+    tick_s = tick_ms / 1000
+    while sent < n:
+        due = min(n, int((time.perf_counter() - wall0) * rate) + 1)
+        if due > sent:
+            ts = b"%d" % int(time.time() * 1000)
+            for j in range(sent, due):
+                v, w = values[j], where[j]
+                queues[parts[j]].append((keys[j], v[:w] + ts + v[w + 13 :]))
+            for p in partitions:
+                if queues[p]:
+                    wake[p].set()
+            sent = due
+        ticks += 1
+        delay = wall0 + ticks * tick_s - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            late_ticks += 1
+    offered_s = time.perf_counter() - wall0
+    done.set()
+    for event in wake.values():
+        event.set()
+    await asyncio.gather(*senders)
+    await producer.flush()
+    cpu_s = time.process_time() - cpu0
+    await producer.stop()
+    if refused:
+        raise RuntimeError(f"{len(refused)} batches refused: {refused[0].exception()!r}")
+    return {
+        "commands": sent,
+        "offered_s": offered_s,
+        "achieved_cmds_per_s": sent / offered_s,
+        "ticks": ticks,
+        "late_ticks": late_ticks,
+        "batches": batches,
+        "generator_cpu_s": cpu_s,
+        "generator_cpu_share": cpu_s / offered_s,
+    }
+
+
+def offer_process(conn, *args) -> None:
+    """The generator's process (multiprocessing, spawn): offer(*args, conn), which says
+    "ready" when its commands are encoded and then waits for the start time; its result
+    is sent back on conn. Its own process, so the receiver and the generator never take turns
+    on one event loop, and each one's CPU is its own."""
+    try:
+        result = uvloop.run(offer(*args, conn))
+    except BaseException as exc:
+        conn.send(("error", repr(exc)))
+        raise
+    conn.send(("done", result))
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid(bootstrap: str) -> int | None:
+    """The process listening on the bootstrap address's port (the broker), if local."""
+    import psutil
+
+    port = int(bootstrap.rsplit(":", 1)[1])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return conn.pid
+    return None
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
 
 async def run_latency(bootstrap: str, prefix: str, args) -> dict:
-    """The service as a process; commands at args.rate/s for args.seconds s."""
+    """The service as a process; commands at args.rate/s for args.seconds s from a
+    generator process; outcomes read here by a read_committed consumer of `market`.
+    latency = receive time - the outcome's ts: an outcome's ts is its engine's clock,
+    max(now, command ts), which is its command's ts since every partition's commands
+    come with non-decreasing ts (stamped at send)."""
+    import multiprocessing
+
     await create_topics(bootstrap, prefix)
-    n = int(args.rate * args.seconds)
-    now_ms = int(time.time() * 1000)
-    commands = workloads.freight_mix(n, SEED + 1, start_ms=now_ms, id_prefix="lat")
-    # Done before the clock starts: the partitioner (pure Python murmur2) and the ids.
-    placed = [keyed(c) for c in commands]
-    ids = [c["id"].encode() for c in commands]
-    by_id: dict[bytes, int] = {}
     env = dict(
         os.environ,
         WLEX_KAFKA_BOOTSTRAP=bootstrap,
@@ -269,17 +442,25 @@ async def run_latency(bootstrap: str, prefix: str, args) -> dict:
         WLEX_MATCHING_BATCH_RECORDS_MAX=str(args.batch),
         WLEX_MATCHING_LINGER_MS=str(args.linger_ms),
     )
+    for item in args.service_env:
+        name, _, value = item.partition("=")
+        env[name] = value
     log_path = Path(tempfile.gettempdir()) / f"bench_pipeline_matching_{os.getpid()}.log"
     with log_path.open("wb") as log:
         # Popen returns once the child is forked: no wait worth a thread.
         proc = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "services.matching"],
-            cwd=ROOT,
+            cwd=args.service_root,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    go_at = 0.0
+    gen = None
+    latencies: list[int] = []
     try:
         reader = AIOKafkaConsumer(
             prefix + "market",
@@ -287,69 +468,60 @@ async def run_latency(bootstrap: str, prefix: str, args) -> dict:
             group_id=None,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=5,
+            fetch_max_wait_ms=args.reader_wait_ms,
         )
         await reader.start()
         await wait_log(log_path, "recovered", proc, 60)
+        # The generator encodes its commands first (several seconds): it says when it is
+        # ready, and starts at a wall-clock time given here.
+        gen = ctx.Process(
+            target=offer_process,
+            args=(child, bootstrap, prefix + "orders", args.rate, args.seconds, args.tick_ms),
+            daemon=True,
+        )
+        gen.start()
+        kind, n = await loop.run_in_executor(None, parent.recv)
+        if kind != "ready":
+            raise RuntimeError(f"generator: {n}")
+        go_at = time.time() + 0.5
+        parent.send(go_at)
         say(f"latency: service ready; offering {args.rate:,} commands/s for {args.seconds} s")
-        producer = make_producer(bootstrap, client_id="bench-offer", linger_ms=0)
-        await producer.start()
-        warmup_until_ms = None
-        sent = received = 0
-
-        async def offer():
-            nonlocal sent, warmup_until_ms
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            tick_s = 0.005  # a burst every 5 ms
-            per_tick = args.rate * tick_s
-            i = 0
-            due = 0.0
-            warmup_until_ms = int(time.time() * 1000) + int(args.warmup_s * 1000)
-            while i < n:
-                due += per_tick
-                k = min(n, int(due))
-                by_partition: dict[int, list] = {}
-                ts = int(time.time() * 1000)
-                for j in range(i, k):
-                    c = commands[j]
-                    c["ts"] = ts
-                    by_id[ids[j]] = ts
-                    key, p = placed[j]
-                    by_partition.setdefault(p, []).append((key, encode(c)))
-                sent += k - i
-                i = k
-                for p, records in by_partition.items():
-                    b = producer.create_batch()
-                    for key, value in records:
-                        b.append(key=key, value=value, timestamp=None)
-                    await producer.send_batch(b, prefix + "orders", partition=p)
-                t0 += tick_s
-                delay = t0 - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+        warmup_until_ms = int((go_at + args.warmup_s) * 1000)
+        received = 0
+        result: dict = {}
 
         async def receive(stop: asyncio.Event):
             nonlocal received
+            append = latencies.append
             while not stop.is_set():
                 fetched = await reader.getmany(timeout_ms=50)
-                now = time.time() * 1000
+                now = int(time.time() * 1000)
                 for records in fetched.values():
                     for r in records:
-                        # An outcome's id is its command's id + ":" + index, and comes
-                        # first: slicing it out is ~50x cheaper than decoding the JSON,
-                        # and this process must keep up with the service.
+                        # Only the id's start and the ts are read, from the envelope's
+                        # fixed field order (id, type, v, ts, ...): far cheaper than
+                        # decoding the JSON. An outcome's id is its command's id + ":"
+                        # + index: outcomes of the service's own clock ticks (they come
+                        # every second once the offering stops) are left out.
                         v = r.value
-                        ts = by_id.get(v[7 : v.index(b'"', 7)].rpartition(b":")[0])
+                        if not v.startswith(OUR_OUTCOME):
+                            continue
                         received += 1
-                        if ts is not None and ts >= warmup_until_ms:
-                            latencies.append(now - ts)
+                        i = v.index(b'"ts":') + 5
+                        ts = int(v[i : v.index(b",", i)])
+                        if ts >= warmup_until_ms:
+                            append(now - ts)
 
         stop = asyncio.Event()
         receiver = asyncio.create_task(receive(stop))
-        started = time.perf_counter()
-        await offer()
-        offered_s = time.perf_counter() - started
+        await asyncio.sleep(max(0.0, go_at - time.time()))
+        broker = broker_pid(bootstrap)
+        broker_cpu0 = proc_cpu_s(broker) if broker else 0.0
+        cpu0, service_cpu0, busy0 = time.process_time(), proc_cpu_s(proc.pid), machine_busy()
+        window0 = time.perf_counter()
+        kind, result = await loop.run_in_executor(None, parent.recv)
+        if kind != "done":
+            raise RuntimeError(f"generator: {result}")
         # The tail: until the outcomes stop coming for 3 s (bounded at 120 s), so a
         # service that fell behind shows its backlog in the percentiles rather than
         # having it cut off.
@@ -359,11 +531,20 @@ async def run_latency(bootstrap: str, prefix: str, args) -> dict:
             await asyncio.sleep(0.5)
             if received != last:
                 last, quiet_since = received, time.monotonic()
+        # CPU over the whole window: offering and the tail until the outcomes stopped.
+        window_s = time.perf_counter() - window0
+        reader_cpu_s = time.process_time() - cpu0
+        service_cpu_s = proc_cpu_s(proc.pid) - service_cpu0
+        broker_cpu_s = proc_cpu_s(broker) - broker_cpu0 if broker else None
+        busy1 = machine_busy()
         stop.set()
         await receiver
-        await producer.stop()
         await reader.stop()
     finally:
+        if gen is not None:
+            gen.join(timeout=10)
+            if gen.is_alive():
+                gen.terminate()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
@@ -378,10 +559,13 @@ async def run_latency(bootstrap: str, prefix: str, args) -> dict:
 
     return {
         "offered_cmds_per_s": args.rate,
-        "achieved_cmds_per_s": sent / offered_s,
+        "achieved_cmds_per_s": result["achieved_cmds_per_s"],
         "seconds": args.seconds,
         "warmup_s": args.warmup_s,
-        "commands": sent,
+        "tick_ms": args.tick_ms,
+        "commands": result["commands"],
+        "late_ticks": result["late_ticks"],
+        "generator_batches": result["batches"],
         "outcomes_received": received,
         "outcomes_measured": len(latencies),
         "p50_ms": q(0.50),
@@ -390,6 +574,17 @@ async def run_latency(bootstrap: str, prefix: str, args) -> dict:
         "p999_ms": q(0.999),
         "max_ms": latencies[-1],
         "mean_ms": statistics.fmean(latencies),
+        # CPU shares (1.0 = one core): the generator's while offering; the others' from
+        # the start until the outcomes stopped coming (window_s); the machine's busy
+        # share (1.0 = every core) over the same window, everyone's work included.
+        "window_s": window_s,
+        "generator_cpu_share": result["generator_cpu_share"],
+        "reader_cpu_share": reader_cpu_s / window_s,
+        "service_cpu_share": service_cpu_s / window_s,
+        "broker_cpu_share": None if broker_cpu_s is None else broker_cpu_s / window_s,
+        "machine_busy_share": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
+        "service_env": list(args.service_env),
+        "service_root": str(args.service_root),
     }
 
 
@@ -469,11 +664,91 @@ async def bench_snapshots(bootstrap: str, prefix: str, n: int) -> dict:
     }
 
 
+# -- back-to-back transactions -----------------------------------------------------------
+
+
+async def time_transactions(
+    bootstrap: str, prefix: str, tag: str, rounds: int, backoffs: tuple
+) -> list:
+    """rounds transactions one after the other, each as the service's: one BatchBuilder
+    of 30 records to every partition of market, the offsets of every partition of
+    orders, commit. backoffs = (retry_backoff_ms, AddPartitionsToTxn backoff in ms).
+    Returns each transaction's ms from begin to the end of the commit."""
+    retry_ms, add_partitions_ms = backoffs
+    set_add_partitions_backoff(add_partitions_ms / 1000)
+    producer = make_producer(
+        bootstrap,
+        transactional_id=f"{prefix}probe-{tag}",
+        client_id="bench-txn",
+        linger_ms=0,
+        max_batch_size=MatchingSettings().matching_max_batch_bytes,
+        retry_backoff_ms=retry_ms,
+    )
+    await producer.start()
+    value = b"x" * 300  # about an outcome's size
+    out = []
+    try:
+        for i in range(rounds):
+            started = time.perf_counter()
+            await producer.begin_transaction()
+            futures = []
+            for p in range(PARTITIONS):
+                builder = producer.create_batch()
+                for _ in range(30):
+                    builder.append(key=b"k", value=value, timestamp=None)
+                futures.append(await producer.send_batch(builder, prefix + "market", partition=p))
+            offsets = {TopicPartition(prefix + "orders", p): i + 1 for p in range(PARTITIONS)}
+            await producer.send_offsets_to_transaction(offsets, prefix + "probe")
+            await asyncio.gather(*futures)
+            await producer.commit_transaction()
+            out.append((time.perf_counter() - started) * 1000)
+    finally:
+        await producer.stop()
+        set_add_partitions_backoff(0.02)  # aiokafka's own value
+    return out
+
+
+async def bench_transactions(bootstrap: str, prefix: str, rounds: int, repeats: int) -> dict:
+    """aiokafka's retry waits (100 ms, 20 ms) against the service's, alternately,
+    repeats times each; percentiles of the transaction time over all rounds but each
+    run's first 20 (connections, coordinator lookups)."""
+    await create_topics(bootstrap, prefix)
+    s = MatchingSettings()
+    variants = {
+        "aiokafka_defaults": (100, 20.0),
+        "service": (s.matching_retry_backoff_ms, s.matching_add_partitions_backoff_ms),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(repeats):
+        for name, backoffs in variants.items():
+            got = await time_transactions(bootstrap, prefix, f"{name}-{r}", rounds, backoffs)
+            times[name] += got[20:]
+            say(f"transactions, {name}: p50 {statistics.median(got[20:]):.1f} ms")
+    report = {}
+    for name, ts in times.items():
+        ts.sort()
+        report[name] = {
+            "retry_backoff_ms": variants[name][0],
+            "add_partitions_backoff_ms": variants[name][1],
+            "transactions": len(ts),
+            "p50_ms": ts[len(ts) // 2],
+            "p90_ms": ts[int(0.9 * len(ts))],
+            "p99_ms": ts[int(0.99 * len(ts))],
+        }
+    return report
+
+
 # -- main --------------------------------------------------------------------------------
 
 
 async def bench(bootstrap: str, args) -> dict:
     run_id = f"bp{os.getpid()}x{int(time.time()) % 100000}"
+    if args.txn_rounds:
+        return {
+            "transactions": await bench_transactions(
+                bootstrap, f"{run_id}.txn.", args.txn_rounds, 2
+            )
+        }
     if args.latency_only:
         latency = await run_latency(bootstrap, f"{run_id}.lat.", args)
         say(
@@ -567,6 +842,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--linger-ms", type=int, default=MatchingSettings().matching_linger_ms)
     parser.add_argument("--sweep", action="store_true", help="passthrough by batch and linger")
     parser.add_argument(
+        "--tick-ms", type=float, default=5.0, help="latency: the generator's send interval"
+    )
+    parser.add_argument(
+        "--reader-wait-ms", type=int, default=20, help="latency: the reader's fetch_max_wait_ms"
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="latency: an environment setting of the service process (e.g. "
+        "WLEX_MATCHING_POLL_TIMEOUT_MS=5); repeatable",
+    )
+    parser.add_argument(
+        "--service-root",
+        type=Path,
+        default=ROOT,
+        help="latency: the tree the service process runs from (a copy of another commit, "
+        "for before/after runs on the same broker)",
+    )
+    parser.add_argument(
         "--latency-only",
         action="store_true",
         help="only the latency run (for a latency-against-rate curve)",
@@ -576,6 +872,13 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         default=0,
         help="also time snapshot and restore of this many resting orders",
+    )
+    parser.add_argument(
+        "--txn-rounds",
+        type=int,
+        default=0,
+        help="only time this many back-to-back transactions, aiokafka's retry waits "
+        "against the service's, alternately",
     )
     parser.add_argument("--bootstrap", default="", help="an outside broker instead of our own")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -603,6 +906,17 @@ def main(argv: list[str] | None = None) -> dict:
     report["machine"] = machine()  # the load average at the end of the run
     report["commit"] = commit()
     report["command"] = "python -m loadtests.bench_pipeline " + " ".join(argv or sys.argv[1:])
+    if (args.latency_only or args.txn_rounds) and args.out.exists():
+        # A partial run: keep the other figures of the file, the throughput ones marked
+        # with the run they come from.
+        previous = orjson.loads(args.out.read_bytes())
+        report = {
+            **{k: v for k, v in previous.items() if k not in report and k != "throughput_run"},
+            **report,
+            "throughput_run": previous.get("throughput_run")
+            or {k: previous.get(k) for k in ("date", "commit", "command")},
+        }
+        report["targets"] = check_targets(report, TARGETS)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     say(f"written {args.out}")

@@ -53,11 +53,14 @@ def make_producer(
     max_batch_size: int = 256 * 1024,
     max_request_size: int = 1024 * 1024,
     transaction_timeout_ms: int = 60_000,
+    retry_backoff_ms: int = 100,
 ) -> AIOKafkaProducer:
     """An unstarted producer; transactional when transactional_id is given.
 
     max_request_size bounds one record too: raise it (with the topic's
-    max.message.bytes) for matching snapshots.
+    max.message.bytes) for matching snapshots. retry_backoff_ms is the wait before a
+    retried request (a refused produce, a coordinator's CONCURRENT_TRANSACTIONS); the
+    matching service lowers it (docs/matching-service.md "Latency").
     """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -71,6 +74,7 @@ def make_producer(
         linger_ms=linger_ms,
         max_batch_size=max_batch_size,
         max_request_size=max(max_request_size, max_batch_size),
+        retry_backoff_ms=retry_backoff_ms,
     )
 
 
@@ -83,6 +87,7 @@ def make_consumer(
     client_id: str = "wlex",
     max_partition_fetch_bytes: int = 4 * 1024 * 1024,
     listener: ConsumerRebalanceListener | None = None,
+    fetch_max_wait_ms: int = 100,
 ) -> AIOKafkaConsumer:
     """An unstarted consumer of `topics` (group-managed) or of `partitions` (static
     assignment: no rebalances, offsets still kept under group_id). Give one of the two.
@@ -106,7 +111,7 @@ def make_consumer(
         fetch_min_bytes=1,  # answer as soon as anything arrives: latency over batching
         # A long-poll in flight holds up a seek (a rewind) or a new assignment until it
         # returns: 100 ms bounds that, for ten idle requests a second per broker.
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=max_partition_fetch_bytes,  # above any one record
     )
     if partitions:

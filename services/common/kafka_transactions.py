@@ -37,6 +37,23 @@ from services.common.metrics import KafkaMetrics
 Transform = Callable[[Batch], "list[Output] | Awaitable[list[Output]]"]
 
 
+def set_add_partitions_backoff(seconds: float) -> None:
+    """Sets how long aiokafka waits before it retries an AddPartitionsToTxn that the
+    coordinator answered CONCURRENT_TRANSACTIONS (for every producer of the process).
+
+    Kafka's coordinator refuses a new transaction's AddPartitionsToTxn until the
+    previous transaction's markers are written, which takes a few ms after EndTxn has
+    answered; a producer that begins its next transaction at once meets this every
+    time. aiokafka then waits a module constant, BACKOFF_OVERRIDE (20 ms, KAFKA-5477),
+    not retry_backoff_ms: on a transaction of ~10 ms that doubles it.
+    """
+    from aiokafka.producer import sender
+
+    if not hasattr(sender, "BACKOFF_OVERRIDE"):  # a newer aiokafka: look again
+        raise RuntimeError("aiokafka.producer.sender.BACKOFF_OVERRIDE is gone")
+    sender.BACKOFF_OVERRIDE = seconds
+
+
 class TransactionAborted(Exception):
     """A batch's transaction was aborted and the consumer put back to the batch's
     start: the next fetch returns the same records again."""

@@ -39,6 +39,24 @@ class MatchingSettings(Settings):
     matching_fetch_partition_bytes: int = 4 * 1024 * 1024
     # getmany's wait for the first record when idle.
     matching_poll_timeout_ms: int = 50
+    # Consumer long-poll bound (fetch_min_bytes is 1: a fetch answers as soon as a
+    # record arrives, so this only bounds an idle fetch and a rewind's wait).
+    matching_fetch_max_wait_ms: int = 100
+    # While a transaction is in flight, fetch and run through the engines what arrives,
+    # polling every this many ms, until the commit is done (0: one fetch per commit).
+    # With one fetch, what arrives during a commit waits for one more transaction
+    # (pipeline.Pipeline._next_while).
+    matching_gather_poll_ms: int = 2
+    # Producer retry backoff. aiokafka's default of 100 ms is paid by every produce
+    # that a Kafka 4 broker's transaction verification answers NOT_ENOUGH_REPLICAS
+    # (aiokafka #1172: the coordinator was busy with our own AddOffsetsToTxn) and by
+    # every CONCURRENT_TRANSACTIONS of AddOffsetsToTxn; the retry itself is one cheap
+    # round trip, so the wait is what costs.
+    matching_retry_backoff_ms: int = 10
+    # aiokafka's wait before it retries the AddPartitionsToTxn that the coordinator
+    # refuses while it still writes the previous transaction's markers (a fixed 20 ms,
+    # BACKOFF_OVERRIDE): nearly every transaction after a commit meets it once.
+    matching_add_partitions_backoff_ms: float = 2.0
 
     # Snapshots: per partition, after this many commands or this many seconds with at
     # least one command, whichever comes first. 0 disables the trigger.

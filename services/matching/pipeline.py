@@ -46,6 +46,31 @@ class Outputs:
     extras: list[Extra] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # the transform's, for on_commit
 
+    def absorb(self, later: Outputs) -> None:
+        """Appends the outputs of the piece fetched right after this batch's records
+        (Pipeline._next_while). A meta value with update() (a Counter adds, a dict
+        takes the later entries) is updated, any other is replaced by the later one."""
+        for partition, records in later.records.items():
+            self.records.setdefault(partition, []).extend(records)
+        self.extras.extend(later.extras)
+        for key, value in later.meta.items():
+            mine = self.meta.get(key)
+            if mine is not None and hasattr(mine, "update"):
+                mine.update(value)
+            else:
+                self.meta[key] = value
+
+
+def extend_batch(batch: Batch, later: Batch) -> None:
+    """Appends the piece fetched right after batch: its records, dead letters and end
+    offsets; a partition new to batch starts where later starts."""
+    batch.messages.extend(later.messages)
+    batch.records.extend(later.records)
+    batch.dead.extend(later.dead)
+    for tp, first in later.first_offsets.items():
+        batch.first_offsets.setdefault(tp, first)
+    batch.offsets.update(later.offsets)
+
 
 def raw_batch(fetched) -> Batch:
     """A Batch of undecoded records (the passthrough's, and the matching service's, whose
@@ -94,6 +119,9 @@ class Pipeline:
     on_commit: Callable[[Batch, Outputs, float], None] | None = None  # (.., commit_s)
     on_abort: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None
     aborts_in_a_row_max: int = 5
+    # While a transaction is in flight, keep fetching and transforming the next batch
+    # every this many ms until it is done (0: one fetch); see _next_while.
+    gather_poll_ms: int = 0
     producer: AIOKafkaProducer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -137,11 +165,7 @@ class Pipeline:
             nxt_outputs = None
             try:
                 if not stop.is_set():
-                    nxt = await self.fetch()
-                    if len(nxt):
-                        nxt_outputs = self._transform(nxt)
-                    else:
-                        nxt = None
+                    nxt, nxt_outputs = await self._next_while(committing)
             except BaseException:
                 if isinstance(committing, asyncio.Task) and not committing.done():
                     committing.cancel()  # the next producer of the id aborts it
@@ -177,6 +201,44 @@ class Pipeline:
             aborts = 0
             pending = (nxt, nxt_outputs) if nxt is not None else None
 
+    async def _next_while(self, committing: asyncio.Task) -> tuple[Batch | None, Outputs | None]:
+        """The next batch, fetched and transformed while `committing` is in flight.
+
+        gather_poll_ms == 0: one fetch (it returns as soon as records are there, so at
+        a steady rate it holds what arrived just before the commit began).
+        gather_poll_ms > 0: fetch and transform again, every gather_poll_ms, whatever
+        arrives until the commit is done (then once more without waiting), up to
+        batch_records_max. At a steady rate a record then waits for the transaction in
+        flight and its own, not for one more: with one fetch, what arrives during a
+        commit is fetched only when the next one starts, and commits in the one after
+        that. Transforming in small pieces also keeps each piece short, so the loop
+        answers the transaction's responses promptly. The pieces come from one
+        consumer in order, so the batch stays one contiguous range per partition.
+        """
+        nxt: Batch | None = None
+        nxt_outputs: Outputs | None = None
+        while True:
+            done = committing.done()
+            room = self.batch_records_max - (len(nxt) if nxt is not None else 0)
+            if room <= 0:
+                break
+            if not self.gather_poll_ms:
+                more = await self.fetch()
+            else:
+                more = await self.fetch(
+                    timeout_ms=0 if done else self.gather_poll_ms, max_records=room
+                )
+            if len(more):
+                more_outputs = self._transform(more)
+                if nxt is None:
+                    nxt, nxt_outputs = more, more_outputs
+                else:
+                    extend_batch(nxt, more)
+                    nxt_outputs.absorb(more_outputs)
+            if done or not self.gather_poll_ms:
+                break
+        return nxt, nxt_outputs
+
     def _transform(self, batch: Batch) -> Outputs:
         try:
             return self.transform(batch)
@@ -184,9 +246,10 @@ class Pipeline:
             rewind(self.consumer, batch)
             raise
 
-    async def fetch(self) -> Batch:
+    async def fetch(self, timeout_ms: int | None = None, max_records: int | None = None) -> Batch:
         fetched = await self.consumer.getmany(
-            timeout_ms=self.poll_timeout_ms, max_records=self.batch_records_max
+            timeout_ms=self.poll_timeout_ms if timeout_ms is None else timeout_ms,
+            max_records=max_records or self.batch_records_max,
         )
         if self.validate is None:
             return raw_batch(fetched)

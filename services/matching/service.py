@@ -35,6 +35,7 @@ from services.common.kafka import (
     stop_client,
     transactional_id_for,
 )
+from services.common.kafka_transactions import set_add_partitions_backoff
 from services.common.runner import ServiceContext
 from services.matching import envelope_check, recovery
 from services.matching.clock import run_clock
@@ -117,7 +118,9 @@ class MatchingService:
                 partitions=static_partitions(self.orders, self.owned),
                 client_id="matching",
                 max_partition_fetch_bytes=s.matching_fetch_partition_bytes,
+                fetch_max_wait_ms=s.matching_fetch_max_wait_ms,
             )
+            set_add_partitions_backoff(s.matching_add_partitions_backoff_ms / 1000)
 
             def new_producer():
                 return make_producer(
@@ -127,6 +130,7 @@ class MatchingService:
                     linger_ms=s.matching_linger_ms,
                     max_batch_size=s.matching_max_batch_bytes,
                     max_request_size=16 * 1024 * 1024,  # snapshots; the topic allows 16 MiB
+                    retry_backoff_ms=s.matching_retry_backoff_ms,
                 )
 
             async def on_start(consumer):
@@ -165,6 +169,7 @@ class MatchingService:
                 validate=None,
                 batch_records_max=s.matching_batch_records_max,
                 poll_timeout_ms=s.matching_poll_timeout_ms,
+                gather_poll_ms=s.matching_gather_poll_ms,
                 on_start=on_start,
                 on_commit=self.on_commit,
                 on_abort=self.on_abort,

@@ -1,0 +1,114 @@
+"""The matching service's low-latency path against the real broker: while a transaction
+is in flight the next batch is fetched and run through the engines in pieces, as the
+commands arrive (pipeline.Pipeline._next_while). Commands streamed in while the service
+runs, with one transaction refused midway, still give a market equal to a clean Engine
+run over the same orders log, partition by partition and byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from loadtests import workloads
+from services.common.envelope import encode
+from services.common.kafka import make_producer
+from services.common.topics import create_topics
+from services.matching.config import MatchingSettings
+from services.matching.service import MatchingService
+
+from .matching_helpers import clean_run, first_difference, read_partitions
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+PARTITIONS = 4
+COMMANDS = 3000
+CHUNK = 40  # commands per send while the service runs
+CHUNK_GAP_S = 0.01
+
+
+class Counted(MatchingService):
+    """Counts the pieces its engines ran and the batches committed; to one batch (the
+    one holding the sixth piece) adds a record the broker refuses (above market's
+    max.message.bytes), so that a batch gathered from pieces aborts and is redone."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.pieces = 0
+        self.committed = 0
+        self.refused = False
+
+    def transform(self, batch):
+        out = super().transform(batch)
+        self.pieces += 1
+        if self.pieces == 6 and not self.refused:
+            self.refused = True
+            out.extras.append((self.market, 0, b"too-big", b"x" * 2_000_000, []))
+        return out
+
+    def on_commit(self, batch, out, commit_s):
+        super().on_commit(batch, out, commit_s)
+        self.committed += 1
+
+
+async def stream(bootstrap: str, topic: str, commands: list[dict]) -> None:
+    """Sends commands keyed by lane in chunks of CHUNK, CHUNK_GAP_S apart, each chunk
+    acknowledged before the next: a steady trickle rather than a preloaded log."""
+    producer = make_producer(bootstrap, client_id="test-stream", linger_ms=0)
+    await producer.start()
+    try:
+        for i in range(0, len(commands), CHUNK):
+            futures = [
+                await producer.send(topic, encode(c), key=(c["key"] or "none").encode())
+                for c in commands[i : i + CHUNK]
+            ]
+            await asyncio.gather(*futures)
+            await asyncio.sleep(CHUNK_GAP_S)
+    finally:
+        await producer.stop()
+
+
+async def test_streamed_commands_gathered_in_pieces_give_the_clean_run(
+    kafka_bootstrap, topic_prefix
+):
+    await create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
+    orders = topic_prefix + "orders"
+    service = Counted(
+        MatchingSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            matching_tick_interval_ms=0,  # the input log is exactly what the test wrote
+            matching_snapshot_every_commands=400,
+            matching_batch_records_max=500,
+        )
+    )
+    assert service.settings.matching_gather_poll_ms > 0  # the path under test
+    aborted_before = service.metrics.transactions.labels("aborted")._value.get()
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            await service.ready.wait()
+        await stream(kafka_bootstrap, orders, workloads.freight_mix(COMMANDS, seed=41))
+        end = {p: 0 for p in range(PARTITIONS)}
+        for p, values in (await read_partitions(kafka_bootstrap, orders)).items():
+            end[p] = len(values)
+        assert sum(end.values()) == COMMANDS
+        deadline = time.monotonic() + 90
+        while not all(service.next_offset[p] >= end[p] for p in service.owned):
+            if task.done():
+                task.result()  # raises what the service raised
+            assert time.monotonic() < deadline, "the service did not catch up in time"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
+    assert service.refused and aborted >= 1
+    # More pieces than batches committed: some batches were gathered from several.
+    assert service.pieces > service.committed + aborted
+    market = await read_partitions(kafka_bootstrap, topic_prefix + "market")
+    want = clean_run(await read_partitions(kafka_bootstrap, orders))
+    assert market == want, first_difference(market, want)
