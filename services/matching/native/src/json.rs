@@ -2,7 +2,7 @@
 //! fast path of `process_raw`, and `Source` over what it parsed.
 //!
 //! It accepts only what it is sure `orjson.loads` + the service's envelope check
-//! (services/matching/envelope_check.plainly_valid) would accept and decode to the same
+//! (services/common/envelope_check.plainly_valid) would accept and decode to the same
 //! values: UTF-8 JSON with an object at the top, no duplicate key in any object, ints
 //! within i64 (no floats at all), string escapes decoded exactly (a \uXXXX surrogate
 //! pair combined, a lone surrogate refused), nesting at most MAX_DEPTH deep, and an
