@@ -532,7 +532,6 @@ async def _projector_burst(database_url: str, parked: bool, auctions: int = 200,
     a new schema. parked: the loads are not in the gateway's table (the fan-out
     benchmark's case: every event is parked, and the parked rows pile up), else they
     are. Gives events/s, the projector's CPU per event and statements per batch."""
-    import asyncpg
 
     from services.common import db
     from services.common.envelope import make
@@ -582,11 +581,7 @@ async def _projector_burst(database_url: str, parked: bool, auctions: int = 200,
         }
     finally:
         await db.close_pool(pool)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await db.drop_schema(database_url, schema)
 
 
 # ---------------------------------------------------------------------------- orchestration

@@ -90,8 +90,6 @@ async def pg_schema(database_url):
 async def schema_pool(database_url: str, **pool_options):
     """(schema, pool): a pool on a fresh schema of its own (db.create_pool makes it),
     closed and the schema dropped afterwards; for a test that needs several."""
-    import asyncpg
-
     from services.common import db
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -100,8 +98,4 @@ async def schema_pool(database_url: str, **pool_options):
         yield schema, pool
     finally:
         await db.close_pool(pool)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await db.drop_schema(database_url, schema)

@@ -273,6 +273,17 @@ async def _ensure_schema(database_url: str, schema: str) -> None:
         await conn.close()
 
 
+async def drop_schema(database_url: str, schema: str) -> None:
+    """Drop `schema` and everything in it, if it exists (tests' and benchmarks' scratch
+    schemas; no service drops one)."""
+    _check_schema_name(schema)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 def _check_schema_name(schema: str) -> None:
     # The name goes into SQL text (a schema is an identifier, not a bind parameter).
     if not _SCHEMA_NAME.match(schema):

@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
+from services.common import db
 from services.devenv import kafka as kafka_runtime
 from services.devenv.ports import free_port_block
 from services.devenv.stack import PROJECT_ROOT, SERVICES, Stack, StackConfig
@@ -93,9 +94,5 @@ def exchange(kafka_bootstrap, database_url):
 
 
 async def _drop_schemas(database_url: str, *schemas: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        for schema in schemas:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    for schema in schemas:
+        await db.drop_schema(database_url, schema)

@@ -23,6 +23,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
+from services.common import db
 from services.common.envelope import decode
 from services.common.topics import create_topics
 from services.devenv.ports import free_port_block
@@ -53,14 +54,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def _drop_schema(database_url: str, schema: str) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(db.drop_schema(database_url, schema))
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, what: str, log_name: str) -> None:

@@ -32,13 +32,20 @@ def test_quick_run_writes_every_key_and_trade_counts_agree(tmp_path, capsys):
         assert report["peers"][name] > 0
     assert report["price_only_ops_per_s"] > 0 and report["freight_ops_per_s"] > 0
     assert report["bytes_per_resting_order"] > 0
-    # The target ratios come from the race, whose peers are the fastest sequential ones.
+    # The target ratios come from the race, whose peers are the fastest sequential ones
+    # (none where the peer libraries are not installed: `make test` does not need them).
     race = report["native_race"]
-    assert race["best_peer"] in report["peers"]
-    assert set(race["ops_per_s"]) >= {"native", "minimal_book", race["best_peer"]}
-    assert report["native_ratio_vs_best_peer"] == (
-        race["ops_per_s"]["native"] / race["ops_per_s"][race["best_peer"]]
+    assert set(race["ops_per_s"]) >= {"native", "minimal_book"}
+    assert report["native_ratio_vs_minimal_book"] == (
+        race["ops_per_s"]["native"] / race["ops_per_s"]["minimal_book"]
     )
+    if report["peers"]:
+        assert race["best_peer"] in report["peers"] and race["best_peer"] in race["ops_per_s"]
+        assert report["native_ratio_vs_best_peer"] == (
+            race["ops_per_s"]["native"] / race["ops_per_s"][race["best_peer"]]
+        )
+    else:
+        assert race["best_peer"] is None and report["native_ratio_vs_best_peer"] is None
     assert "price-only" in capsys.readouterr().out
 
 
