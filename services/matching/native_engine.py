@@ -20,29 +20,11 @@ from collections.abc import Callable
 import orjson
 import wlex_matching_native
 
-from services.common.reasons import (
-    ABOVE_RESERVE,
-    DUPLICATE_ID,
-    EXPIRED,
-    INVALID,
-    NOT_AUCTION,
-    NOT_IMPROVING,
-    NOT_OWNER,
-    UNKNOWN_ORDER,
-)
+from services.common.reasons import ENGINE_REJECT_PRECEDENCE
 from services.matching.snapshot import FORMAT
 
-# The order the core's Reason enum expects (engine.rs).
-_REASONS = [
-    INVALID,
-    EXPIRED,
-    DUPLICATE_ID,
-    UNKNOWN_ORDER,
-    NOT_OWNER,
-    NOT_AUCTION,
-    ABOVE_RESERVE,
-    NOT_IMPROVING,
-]
+# The core's Reason enum (engine.rs) is in precedence order, as this tuple is.
+_REASONS = list(ENGINE_REJECT_PRECEDENCE)
 
 
 class NativeEngine:

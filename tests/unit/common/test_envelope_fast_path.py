@@ -14,20 +14,9 @@ import pytest
 from services.common import schemas
 from services.common.envelope import make
 from services.common.envelope_check import FIELDS, plainly_valid
+from tests.unit.subclasses import DictSub, IntSub, StrSub
 
 from .samples import AUCTION_LOAD, DATA, LANE_KEY
-
-
-class StrSub(str):
-    pass
-
-
-class IntSub(int):
-    pass
-
-
-class DictSub(dict):
-    pass
 
 
 def env(type_: str, data_: dict) -> dict:

@@ -12,19 +12,7 @@ from services.matching.engine import Engine
 from services.matching.native_engine import NativeEngine
 from tests.unit.matching.builders import envelope, load_data, offer_data
 from tests.unit.matching.logs import HypothesisDraw, LogWriter, random_log
-
-
-class StrSub(str):
-    pass
-
-
-class IntSub(int):
-    pass
-
-
-class DictSub(dict):
-    pass
-
+from tests.unit.subclasses import DictSub, IntSub, StrSub
 
 # Strings that exercise orjson's escaping: quotes, backslashes, every short escape, a
 # \u00xx control, DEL (not escaped), non-ASCII and astral characters.
