@@ -10,7 +10,7 @@ NATIVE := services/matching/native
 
 .PHONY: demo test test-unit test-integration test-e2e test-faults bench lint clean
 
-$(STAMP): pyproject.toml $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml $(wildcard $(NATIVE)/src/*.rs)
+$(STAMP): pyproject.toml $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml $(NATIVE)/build.rs $(wildcard $(NATIVE)/src/*.rs)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wlex needs Python 3.11+"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

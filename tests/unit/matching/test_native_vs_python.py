@@ -85,6 +85,45 @@ def test_long_random_logs_give_identical_bytes(seed):
         assert native.snapshot() == py.snapshot()
 
 
+def _rebuilt(value, keys):
+    """`value` with every dict rebuilt by `keys(dict) -> [(key, value)]`, recursively."""
+    if type(value) is dict:
+        return dict(keys({k: _rebuilt(v, keys) for k, v in value.items()}))
+    return value
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        # Keys equal to the field names but other objects (as orjson and pickle make).
+        lambda d: [("".join(k), v) for k, v in d.items()],
+        # The fields in the other order, so each sits at another entry than last time.
+        lambda d: list(d.items())[::-1],
+        # An unknown key first, and a key deleted (an entry without a value).
+        lambda d: [("zz", 1), *d.items()],
+        lambda d: [("gone", 0), *d.items()],
+        # str-subclass keys: the dict's table is no longer of exact strs.
+        lambda d: [(StrSub(k), v) for k, v in d.items()],
+    ],
+    ids=["equal-keys", "reversed", "unknown-key", "deleted-entry", "str-subclass-keys"],
+)
+def test_dicts_read_in_place_or_by_lookup_alike(keys):
+    # The native reader takes a field from the entry where the same key object sat in
+    # the previous dict, else looks it up: every shape of dict must read the same.
+    log = random_log(11, 1500, ids=8)
+    shaped = [_rebuilt(cmd, keys) for cmd in log]
+    for cmd in shaped:
+        for d in (cmd, cmd.get("data") if type(cmd) is dict else None):
+            if type(d) is dict and "gone" in d:
+                del d["gone"]
+    py, native = Engine(), NativeEngine()
+    for i in range(0, len(log), 100):
+        # Alternate shaped and literal batches: the remembered entries go stale.
+        batch = (shaped if i % 200 else log)[i : i + 100]
+        assert native.process_encoded(batch) == py.process_encoded(batch)
+    assert native.snapshot() == py.snapshot()
+
+
 def test_process_decodes_to_the_python_engines_dicts():
     log = random_log(5, 600, ids=6)
     assert NativeEngine().process(log) == Engine().process(log)

@@ -4,6 +4,8 @@
 //! `keep` holds a strong reference to every string handed out until the command is
 //! done (`clear`), and a str's UTF-8 form never changes while the object lives.
 
+use std::cell::Cell;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -13,16 +15,104 @@ use crate::parse::{Source, NAMES};
 
 /// The field names as interned strs, made once per engine: a dict lookup by an
 /// interned str with its hash cached is one probe and, on a hit, one pointer compare.
-pub struct Keys(Vec<Py<PyString>>);
+pub struct Keys {
+    names: Vec<Py<PyString>>,
+    /// Whether `inplace::entries` reads this CPython's dicts right (checked at start).
+    inplace: bool,
+    /// For each field, the entry index it was last found at (see `PySource::get`).
+    hints: [Cell<u8>; NF],
+}
+
+const NF: usize = NAMES.len();
 
 impl Keys {
     pub fn new(py: Python<'_>) -> Keys {
-        Keys(
-            NAMES
-                .iter()
-                .map(|n| PyString::intern(py, n).unbind())
-                .collect(),
-        )
+        let names: Vec<Py<PyString>> = NAMES
+            .iter()
+            .map(|n| PyString::intern(py, n).unbind())
+            .collect();
+        let inplace = inplace::works(py, &names);
+        Keys {
+            names,
+            inplace,
+            hints: std::array::from_fn(|_| Cell::new(0)),
+        }
+    }
+}
+
+/// A command dict's entries read in place: the dicts of a batch are built by the same
+/// code, so a field sits at the same entry index dict after dict, under the same
+/// interned key object. Checking that one entry is a few loads; a lookup through
+/// PyDict_GetItemWithError costs about 90 instructions even when it finds the key by
+/// identity, and a command reads some twenty fields.
+mod inplace {
+    use pyo3::ffi;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyDict, PyString};
+
+    // CPython 3.11 and 3.12's PyDictKeysObject (Include/internal/pycore_dict.h):
+    // dk_refcnt, dk_log2_size, dk_log2_index_bytes, dk_kind, dk_version, dk_usable,
+    // dk_nentries, then dk_indices (1 << dk_log2_index_bytes bytes), then the entries;
+    // a table of str keys (DICT_KEYS_UNICODE) has (me_key, me_value) entries.
+    const LOG2_INDEX_BYTES: usize = 9;
+    const KIND: usize = 10;
+    const NENTRIES: usize = 24;
+    const INDICES: usize = 32;
+    const KIND_UNICODE: u8 = 1;
+
+    pub type Entry = [*mut ffi::PyObject; 2];
+
+    /// The entries of dict `d` and their count (deleted ones have no value), when it
+    /// is a combined table of str keys; None otherwise (split tables, other keys).
+    ///
+    /// # Safety
+    /// `d` is a live dict (a subclass too), `works()` said yes, and the entries are
+    /// read before any Python code runs.
+    #[inline]
+    pub unsafe fn entries(d: *mut ffi::PyObject) -> Option<(*const Entry, isize)> {
+        #[cfg(all(Py_3_11, not(Py_3_13), not(PyPy), not(GraalPy)))]
+        {
+            let d = d as *mut ffi::PyDictObject;
+            if !(*d).ma_values.is_null() {
+                return None;
+            }
+            let k = (*d).ma_keys as *const u8;
+            if *k.add(KIND) != KIND_UNICODE {
+                return None;
+            }
+            let n = *(k.add(NENTRIES) as *const isize);
+            let base = k.add(INDICES + (1usize << *k.add(LOG2_INDEX_BYTES)));
+            Some((base as *const Entry, n))
+        }
+        #[cfg(not(all(Py_3_11, not(Py_3_13), not(PyPy), not(GraalPy))))]
+        {
+            let _ = d;
+            None
+        }
+    }
+
+    /// Whether `entries` reads this interpreter's dicts: a dict of the field names
+    /// built here must read back as (name, value) pairs, in order. On any other
+    /// layout every field is looked up the usual way.
+    pub fn works(py: Python<'_>, names: &[Py<PyString>]) -> bool {
+        let d = PyDict::new(py);
+        let values: Vec<Bound<'_, PyAny>> = (0..names.len())
+            .map(|i| (i * 7 + 1000).into_pyobject(py).unwrap().into_any())
+            .collect();
+        for (n, v) in names.iter().zip(&values) {
+            if d.set_item(n.bind(py), v).is_err() {
+                return false;
+            }
+        }
+        // SAFETY: d is a live dict; no Python code runs while it is read.
+        let Some((e, n)) = (unsafe { entries(d.as_ptr()) }) else {
+            return false;
+        };
+        n as usize == names.len()
+            && names.iter().zip(&values).enumerate().all(|(i, (k, v))| {
+                let [ek, ev] = unsafe { *e.add(i) };
+                ek == k.as_ptr() && ev == v.as_ptr()
+            })
     }
 }
 
@@ -48,18 +138,44 @@ impl<'py, 'k> PySource<'py, 'k> {
 
     /// The UTF-8 text of a str (exact or not), kept alive until `clear`.
     fn utf8<'a>(&mut self, v: &Bound<'py, PyAny>) -> PyResult<&'a str> {
-        let mut size: ffi::Py_ssize_t = 0;
-        // SAFETY: v is a str; the buffer lives as long as the object, which `keep`
+        // SAFETY: v is a str; the text lives as long as the object, which `keep`
         // holds until `clear`, run only after the command's borrowed strings are gone.
-        let p = unsafe { ffi::PyUnicode_AsUTF8AndSize(v.as_ptr(), &mut size) };
-        if p.is_null() {
-            return Err(PyErr::take(self.py)
-                .unwrap_or_else(|| PyValueError::new_err("a str that is not valid Unicode")));
+        match unsafe { ascii_or_utf8(v.as_ptr()) } {
+            Some(text) => {
+                self.keep.push(v.clone());
+                Ok(text)
+            }
+            None => Err(PyErr::take(self.py)
+                .unwrap_or_else(|| PyValueError::new_err("a str that is not valid Unicode"))),
         }
-        self.keep.push(v.clone());
-        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, size as usize) };
-        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
     }
+}
+
+/// The UTF-8 text of a str: read in place when it is compact ASCII (ids, lanes,
+/// types: nearly every string of a command), else CPython's cached UTF-8 form. None,
+/// with a Python error set, when it has none (a lone surrogate).
+///
+/// # Safety
+/// `s` is a live str; the text borrows it.
+#[inline]
+unsafe fn ascii_or_utf8<'a>(s: *mut ffi::PyObject) -> Option<&'a str> {
+    #[cfg(not(any(Py_3_14, PyPy, GraalPy)))]
+    if ffi::PyUnicode_IS_COMPACT_ASCII(s) != 0 {
+        let p = ffi::_PyUnicode_COMPACT_DATA(s) as *const u8;
+        let n = ffi::PyUnicode_GET_LENGTH(s) as usize;
+        return Some(std::str::from_utf8_unchecked(std::slice::from_raw_parts(
+            p, n,
+        )));
+    }
+    let mut size: ffi::Py_ssize_t = 0;
+    let p = ffi::PyUnicode_AsUTF8AndSize(s, &mut size);
+    if p.is_null() {
+        return None;
+    }
+    Some(std::str::from_utf8_unchecked(std::slice::from_raw_parts(
+        p as *const u8,
+        size as usize,
+    )))
 }
 
 impl<'a, 'py, 'k> Source<'a> for PySource<'py, 'k> {
@@ -77,10 +193,34 @@ impl<'a, 'py, 'k> Source<'a> for PySource<'py, 'k> {
 
     #[inline]
     fn get(&mut self, d: &Self::V, f: crate::parse::F) -> PyResult<Option<Self::V>> {
-        let key = self.keys.0[f as usize].as_ptr();
-        // SAFETY: d is a dict (the caller checked); the result is borrowed, and taken
-        // as an owned reference at once.
-        let p = unsafe { ffi::PyDict_GetItemWithError(d.as_ptr(), key) };
+        let key = self.keys.names[f as usize].as_ptr();
+        let dp = d.as_ptr();
+        // SAFETY: d is a dict (the caller checked) and nothing runs between the read
+        // of its entries and taking the value as an owned reference.
+        if self.keys.inplace {
+            if let Some((e, n)) = unsafe { inplace::entries(dp) } {
+                let hint = &self.keys.hints[f as usize];
+                let h = hint.get() as isize;
+                if h < n {
+                    let [k, v] = unsafe { *e.offset(h) };
+                    if k == key && !v.is_null() {
+                        return Ok(Some(unsafe { Bound::from_borrowed_ptr(self.py, v) }));
+                    }
+                }
+                // Elsewhere in this dict (by the same key object)? Remember where.
+                for j in 0..n.min(u8::MAX as isize) {
+                    let [k, v] = unsafe { *e.offset(j) };
+                    if k == key && !v.is_null() {
+                        hint.set(j as u8);
+                        return Ok(Some(unsafe { Bound::from_borrowed_ptr(self.py, v) }));
+                    }
+                }
+                // Absent, or under an equal key that is another object: look it up.
+            }
+        }
+        // SAFETY: d is a dict; the result is borrowed, and taken as an owned
+        // reference at once.
+        let p = unsafe { ffi::PyDict_GetItemWithError(dp, key) };
         if p.is_null() {
             return match PyErr::take(self.py) {
                 Some(e) => Err(e),
