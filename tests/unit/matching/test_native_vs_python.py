@@ -124,6 +124,24 @@ def test_dicts_read_in_place_or_by_lookup_alike(keys):
     assert native.snapshot() == py.snapshot()
 
 
+def test_escapes_at_every_position_of_a_string():
+    # The native writer skips clean text eight bytes at a time: an escaped character
+    # in any position of a word, or in the tail after the last whole word, is escaped.
+    cases = []
+    for n, ch in enumerate(['"', "\\", "\x00", "\x1f", "\n", "\x7f", "é"]):
+        for pos in range(19):
+            text = "a" * pos + ch + "b" * (18 - pos)
+            cases.append(
+                envelope(f"c{n}.{pos}", "offer.post", 5, offer_data(text, carrier_id=text))
+            )
+            cases.append(envelope(text, "load.cancel", 5, {"load_id": text, "shipper_id": "S1"}))
+    py, native = Engine(), NativeEngine()
+    out = native.process_encoded(cases)
+    assert out == py.process_encoded(cases)
+    # Not equal by absence: each quote case came out escaped, in offers and rejections.
+    assert sum(b'\\"' in value for _, value in out) >= 19 * 2
+
+
 def test_process_decodes_to_the_python_engines_dicts():
     log = random_log(5, 600, ids=6)
     assert NativeEngine().process(log) == Engine().process(log)
