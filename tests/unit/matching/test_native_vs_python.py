@@ -172,6 +172,13 @@ def test_odd_envelopes_one_by_one():
         DictSub(envelope("c1", "clock.tick", 5, {})),
         {"id": "c2", "ts": 9, "type": "load.post", "key": None, "data": None},
         {"id": "c3", "ts": None, "type": "offer.cancel", "data": {"offer_id": "O\t"}},
+        # Last, as they move the clock far: ints of one, two and three 30-bit digits
+        # (the native reader takes the first two kinds from the int object itself).
+        envelope("c1", "load.post", 2**45, load_data("L8", weight_kg=-(2**40))),
+        envelope("c1", "load.post", 2**45, load_data("L8", weight_kg=2**60 - 1, limit_fen=2**30)),
+        envelope(
+            "c1", "load.post", 2**45 + 1, load_data("L7", weight_kg=2**60, limit_fen=-(2**61))
+        ),
     ]
     py, native = Engine(), NativeEngine()
     values = []

@@ -19,6 +19,8 @@ pub struct Keys {
     names: Vec<Py<PyString>>,
     /// Whether `inplace::entries` reads this CPython's dicts right (checked at start).
     inplace: bool,
+    /// Whether `inplace::small_int` reads this CPython's ints right (checked at start).
+    inplace_int: bool,
     /// For each field, the entry index it was last found at (see `PySource::get`).
     hints: [Cell<u8>; NF],
 }
@@ -35,6 +37,7 @@ impl Keys {
         Keys {
             names,
             inplace,
+            inplace_int: inplace::ints_work(py),
             hints: std::array::from_fn(|_| Cell::new(0)),
         }
     }
@@ -89,6 +92,58 @@ mod inplace {
             let _ = d;
             None
         }
+    }
+
+    /// The value of exact int `p` when it has at most two 30-bit digits (below 2**60
+    /// in size: every amount, time and id count a command carries), None otherwise.
+    ///
+    /// # Safety
+    /// `p` is a live exact int and `ints_work()` said yes.
+    #[inline]
+    pub unsafe fn small_int(p: *mut ffi::PyObject) -> Option<i64> {
+        #[cfg(all(Py_3_11, not(Py_3_12), not(PyPy), not(GraalPy)))]
+        {
+            // CPython 3.11's PyLongObject: the digit count, signed, in ob_size, then
+            // the digits, 30 bits each, least significant first.
+            let size = (*(p as *mut ffi::PyVarObject)).ob_size;
+            let digits =
+                (p as *const u8).add(std::mem::size_of::<ffi::PyVarObject>()) as *const u32;
+            let magnitude = match size.unsigned_abs() {
+                0 => 0,
+                1 => *digits as i64,
+                2 => *digits as i64 | (*digits.add(1) as i64) << 30,
+                _ => return None,
+            };
+            Some(if size < 0 { -magnitude } else { magnitude })
+        }
+        #[cfg(not(all(Py_3_11, not(Py_3_12), not(PyPy), not(GraalPy))))]
+        {
+            let _ = p;
+            None
+        }
+    }
+
+    /// Whether `small_int` reads this interpreter's ints: each of a range of values
+    /// made here must read back as itself.
+    pub fn ints_work(py: Python<'_>) -> bool {
+        let values = [
+            0i64,
+            1,
+            -1,
+            7,
+            (1 << 30) - 1,
+            1 << 30,
+            -(1 << 30) - 5,
+            1_772_409_600_001,
+            (1 << 60) - 1,
+            -((1 << 60) - 1),
+        ];
+        values.iter().all(|&v| {
+            let obj = v.into_pyobject(py).unwrap();
+            // SAFETY: obj is a live exact int.
+            let read = unsafe { small_int(obj.as_ptr()) };
+            read == Some(v)
+        })
     }
 
     /// Whether `entries` reads this interpreter's dicts: a dict of the field names
@@ -235,6 +290,12 @@ impl<'a, 'py, 'k> Source<'a> for PySource<'py, 'k> {
         let p = v.as_ptr();
         if unsafe { ffi::PyLong_CheckExact(p) } == 0 {
             return None;
+        }
+        if self.keys.inplace_int {
+            // SAFETY: p is a live exact int; ints_work() said yes.
+            if let Some(x) = unsafe { inplace::small_int(p) } {
+                return Some(x);
+            }
         }
         let mut overflow: std::os::raw::c_int = 0;
         let x = unsafe { ffi::PyLong_AsLongLongAndOverflow(p, &mut overflow) };
