@@ -52,6 +52,53 @@ fn escapes_in(w: u64) -> bool {
     (control | quote | backslash) & HIGH != 0
 }
 
+/// Whether `bytes` has nothing JSON escapes.
+#[inline]
+fn is_clean(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        if escapes_in(u64::from_le_bytes(chunk.try_into().unwrap())) {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// The bytes of `head`'s fixed text: `{"id":"` `:` `","type":"` `","v":1,"ts":`
+/// `,"key":` `,"source":"matching","cause":"` `","data":`.
+const HEAD_FIXED: usize = 7 + 1 + 10 + 13 + 7 + 30 + 9;
+
+/// Copy `s` to `p`, returning the end. Short pieces (most: ids, types, numbers) go
+/// as two overlapping words, each within `s`, instead of a call to memcpy.
+///
+/// # Safety
+/// `p` has room for `s.len()` bytes.
+#[inline(always)]
+unsafe fn put(p: *mut u8, s: &[u8]) -> *mut u8 {
+    use std::ptr::{read_unaligned as rd, write_unaligned as wr};
+    let n = s.len();
+    let q = s.as_ptr();
+    match n {
+        16..=32 => {
+            wr(p as *mut u128, rd(q as *const u128));
+            wr(p.add(n - 16) as *mut u128, rd(q.add(n - 16) as *const u128));
+        }
+        8..=15 => {
+            wr(p as *mut u64, rd(q as *const u64));
+            wr(p.add(n - 8) as *mut u64, rd(q.add(n - 8) as *const u64));
+        }
+        4..=7 => {
+            wr(p as *mut u32, rd(q as *const u32));
+            wr(p.add(n - 4) as *mut u32, rd(q.add(n - 4) as *const u32));
+        }
+        _ => std::ptr::copy_nonoverlapping(q, p, n),
+    }
+    p.add(n)
+}
+
 /// Append the escaped characters of `s`, without the quotes.
 pub fn json_body(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
@@ -134,8 +181,47 @@ impl Out {
     /// object, then calls `end`. `key_json` is the key as JSON (a string or null).
     /// `cause` is the command id, or null when it is empty.
     pub fn head(&mut self, cid: &str, typ: &str, now: i64, key_json: &[u8]) {
-        let buf = &mut self.buf;
         let i = (self.events.len() - self.base) as i64;
+        let c = cid.as_bytes();
+        if c.is_empty() || !is_clean(c) {
+            return self.head_escaped(cid, typ, now, key_json, i);
+        }
+        // Every event writes one: its pieces are copied into room reserved once, not
+        // pushed one by one (each push checks the capacity, each short copy is a call).
+        let mut ts = itoa::Buffer::new();
+        let ts = ts.format(now).as_bytes();
+        let mut ix = itoa::Buffer::new();
+        let ix = ix.format(i).as_bytes();
+        let n = HEAD_FIXED + 2 * c.len() + ix.len() + typ.len() + ts.len() + key_json.len();
+        let buf = &mut self.buf;
+        buf.reserve(n);
+        // SAFETY: n bytes are reserved past len, and exactly n are written (each
+        // within the room) before set_len.
+        unsafe {
+            let start = buf.as_mut_ptr().add(buf.len());
+            let mut p = start;
+            p = put(p, b"{\"id\":\"");
+            p = put(p, c);
+            p = put(p, b":");
+            p = put(p, ix);
+            p = put(p, b"\",\"type\":\"");
+            p = put(p, typ.as_bytes());
+            p = put(p, b"\",\"v\":1,\"ts\":");
+            p = put(p, ts);
+            p = put(p, b",\"key\":");
+            p = put(p, key_json);
+            p = put(p, b",\"source\":\"matching\",\"cause\":\"");
+            p = put(p, c);
+            p = put(p, b"\",\"data\":");
+            let written = p.offset_from(start) as usize;
+            debug_assert_eq!(written, n);
+            buf.set_len(buf.len() + written);
+        }
+    }
+
+    /// `head` for a command id that is empty or has characters JSON escapes.
+    fn head_escaped(&mut self, cid: &str, typ: &str, now: i64, key_json: &[u8], i: i64) {
+        let buf = &mut self.buf;
         buf.extend_from_slice(b"{\"id\":\"");
         // The id is cid + ":" + index, one JSON string.
         json_body(buf, cid);
