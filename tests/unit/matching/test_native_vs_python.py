@@ -125,21 +125,22 @@ def test_dicts_read_in_place_or_by_lookup_alike(keys):
 
 
 def test_escapes_at_every_position_of_a_string():
-    # The native writer skips clean text eight bytes at a time: an escaped character
-    # in any position of a word, or in the tail after the last whole word, is escaped.
+    # The native writer checks text eight bytes at a time (the last word overlapping
+    # the one before, shorter text byte by byte): an escaped character in any position
+    # of any length is escaped.
     cases = []
     for n, ch in enumerate(['"', "\\", "\x00", "\x1f", "\n", "\x7f", "é"]):
-        for pos in range(19):
-            text = "a" * pos + ch + "b" * (18 - pos)
+        for length, pos in [(size, pos) for size in (1, 7, 8, 9, 16, 19) for pos in range(size)]:
+            text = "a" * pos + ch + "b" * (length - 1 - pos)
             cases.append(
-                envelope(f"c{n}.{pos}", "offer.post", 5, offer_data(text, carrier_id=text))
+                envelope(f"c{n}.{length}.{pos}", "offer.post", 5, offer_data(text, carrier_id=text))
             )
             cases.append(envelope(text, "load.cancel", 5, {"load_id": text, "shipper_id": "S1"}))
     py, native = Engine(), NativeEngine()
     out = native.process_encoded(cases)
     assert out == py.process_encoded(cases)
     # Not equal by absence: each quote case came out escaped, in offers and rejections.
-    assert sum(b'\\"' in value for _, value in out) >= 19 * 2
+    assert sum(b'\\"' in value for _, value in out) >= 60 * 2
 
 
 def test_process_decodes_to_the_python_engines_dicts():

@@ -32,9 +32,23 @@ pub struct Out {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Append `s` as a JSON string, escaped as orjson escapes it.
+#[inline]
 pub fn json_str(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    if is_clean(bytes) {
+        buf.reserve(bytes.len() + 2);
+        // SAFETY: the room is reserved, and exactly that much is written.
+        unsafe {
+            let start = buf.as_mut_ptr().add(buf.len());
+            let mut p = put(start, b"\"");
+            p = put(p, bytes);
+            put(p, b"\"");
+            buf.set_len(buf.len() + bytes.len() + 2);
+        }
+        return;
+    }
     buf.push(b'"');
-    json_body(buf, s);
+    escaped_body(buf, bytes);
     buf.push(b'"');
 }
 
@@ -52,19 +66,23 @@ fn escapes_in(w: u64) -> bool {
     (control | quote | backslash) & HIGH != 0
 }
 
-/// Whether `bytes` has nothing JSON escapes.
+/// Whether `bytes` has nothing JSON escapes: ids, lanes and types never do. Eight
+/// bytes at a time, the last word overlapping the one before it.
 #[inline]
 fn is_clean(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        if escapes_in(u64::from_le_bytes(chunk.try_into().unwrap())) {
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+    }
+    let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+    let mut i = 0;
+    while i + 8 <= n {
+        if escapes_in(word(i)) {
             return false;
         }
+        i += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+    i == n || !escapes_in(word(n - 8))
 }
 
 /// The bytes of `head`'s fixed text: `{"id":"` `:` `","type":"` `","v":1,"ts":`
@@ -100,19 +118,25 @@ unsafe fn put(p: *mut u8, s: &[u8]) -> *mut u8 {
 }
 
 /// Append the escaped characters of `s`, without the quotes.
+#[inline]
 pub fn json_body(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    // Ids, lanes and types never need escaping: skip such text eight bytes at a time
-    // and copy it whole.
-    let mut clean = 0;
-    while let Some(chunk) = bytes.get(clean..clean + 8) {
-        if escapes_in(u64::from_le_bytes(chunk.try_into().unwrap())) {
-            break;
+    if is_clean(bytes) {
+        buf.reserve(bytes.len());
+        // SAFETY: the room is reserved, and exactly that much is written.
+        unsafe {
+            put(buf.as_mut_ptr().add(buf.len()), bytes);
+            buf.set_len(buf.len() + bytes.len());
         }
-        clean += 8;
+    } else {
+        escaped_body(buf, bytes);
     }
+}
+
+/// Append `bytes` (UTF-8 text), escaping what JSON escapes.
+fn escaped_body(buf: &mut Vec<u8>, bytes: &[u8]) {
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(clean) {
+    for (i, &b) in bytes.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
             continue;
         }
