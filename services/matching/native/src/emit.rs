@@ -29,6 +29,8 @@ pub struct Out {
     base: usize,
 }
 
+use crate::json::special;
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Append `s` as a JSON string, escaped as orjson escapes it.
@@ -52,37 +54,26 @@ pub fn json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
 }
 
-/// Whether any of the eight bytes of `w` is below 0x20, `"` or `\`: the bytes JSON
-/// escapes. (Each test is the exact "has a byte less than n" word trick.)
-#[inline]
-fn escapes_in(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let quote = w ^ (ONES * b'"' as u64);
-    let backslash = w ^ (ONES * b'\\' as u64);
-    let control = w.wrapping_sub(ONES * 0x20) & !w;
-    let quote = quote.wrapping_sub(ONES) & !quote;
-    let backslash = backslash.wrapping_sub(ONES) & !backslash;
-    (control | quote | backslash) & HIGH != 0
-}
-
-/// Whether `bytes` has nothing JSON escapes: ids, lanes and types never do. Eight
-/// bytes at a time, the last word overlapping the one before it.
+/// Whether `bytes` is ASCII with nothing JSON escapes (ids, lanes and types always
+/// are), checked eight bytes at a time with the JSON parser's word test, the last word
+/// overlapping the one before it. Other text takes the byte-by-byte writer.
 #[inline]
 fn is_clean(bytes: &[u8]) -> bool {
     let n = bytes.len();
     if n < 8 {
-        return bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+        return bytes
+            .iter()
+            .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
     }
     let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
     let mut i = 0;
     while i + 8 <= n {
-        if escapes_in(word(i)) {
+        if special(word(i)) != 0 {
             return false;
         }
         i += 8;
     }
-    i == n || !escapes_in(word(n - 8))
+    i == n || special(word(n - 8)) == 0
 }
 
 /// The bytes of `head`'s fixed text: `{"id":"` `:` `","type":"` `","v":1,"ts":`

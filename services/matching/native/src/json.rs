@@ -528,9 +528,10 @@ impl Json {
 
 /// The bytes of w that are `"`, `\\`, below 0x20 or above 0x7f, as their high bits
 /// (SWAR: a zero byte of x shows as a high bit of (x - 0x01..) & !x & 0x80..). Bytes
-/// above a flagged one may be flagged falsely (a borrow); the lowest never is.
+/// above a flagged one may be flagged falsely (a borrow); the lowest never is. (The
+/// JSON writer, emit.rs, uses it too: no flag means nothing to escape.)
 #[inline]
-fn special(w: u64) -> u64 {
+pub(crate) fn special(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
