@@ -1,4 +1,7 @@
-//! Commands read from Python objects (the dict path): `Source` over CPython's C API.
+//! Commands read from Python objects (the dict path): `Source` over CPython's C API,
+//! and where this CPython's layouts are known (`inplace`, checked at start), over the
+//! objects themselves: a field from the dict entry it sat at in the previous command,
+//! a small int from its digits.
 //!
 //! Values are owned references; strings are borrowed from the str objects, not copied:
 //! `keep` holds a strong reference to every string handed out until the command is
