@@ -77,8 +77,8 @@ fn is_clean(bytes: &[u8]) -> bool {
 }
 
 /// The bytes of `head`'s fixed text: `{"id":"` `:` `","type":"` `","v":1,"ts":`
-/// `,"key":` `,"source":"matching","cause":"` `","data":`.
-const HEAD_FIXED: usize = 7 + 1 + 10 + 13 + 7 + 30 + 9;
+/// `,"key":` `,"source":"matching","cause":` `,"data":`.
+const HEAD_FIXED: usize = 7 + 1 + 10 + 13 + 7 + 29 + 8;
 
 /// Copy `s` to `p`, returning the end. Short pieces (most: ids, types, numbers) go
 /// as two overlapping words, each within `s`, instead of a call to memcpy.
@@ -197,17 +197,35 @@ impl Out {
     /// `cause` is the command id, or null when it is empty.
     pub fn head(&mut self, cid: &str, typ: &str, now: i64, key_json: &[u8]) {
         let i = (self.events.len() - self.base) as i64;
-        let c = cid.as_bytes();
-        if c.is_empty() || !is_clean(c) {
-            return self.head_escaped(cid, typ, now, key_json, i);
-        }
+        // The command id as JSON string content: itself, unless it has characters to
+        // escape (then escaped aside; the Vec allocates only then).
+        let mut escaped = Vec::new();
+        let c = if is_clean(cid.as_bytes()) {
+            cid.as_bytes()
+        } else {
+            escaped_body(&mut escaped, cid.as_bytes());
+            &escaped
+        };
+        let (cause_open, cause, cause_close): (&[u8], &[u8], &[u8]) = if cid.is_empty() {
+            (b"null", b"", b"")
+        } else {
+            (b"\"", c, b"\"")
+        };
         // Every event writes one: its pieces are copied into room reserved once, not
         // pushed one by one (each push checks the capacity, each short copy is a call).
         let mut ts = itoa::Buffer::new();
         let ts = ts.format(now).as_bytes();
         let mut ix = itoa::Buffer::new();
         let ix = ix.format(i).as_bytes();
-        let n = HEAD_FIXED + 2 * c.len() + ix.len() + typ.len() + ts.len() + key_json.len();
+        let n = HEAD_FIXED
+            + c.len()
+            + ix.len()
+            + typ.len()
+            + ts.len()
+            + key_json.len()
+            + cause_open.len()
+            + cause.len()
+            + cause_close.len();
         let buf = &mut self.buf;
         buf.reserve(n);
         // SAFETY: n bytes are reserved past len, and exactly n are written (each
@@ -225,36 +243,15 @@ impl Out {
             p = put(p, ts);
             p = put(p, b",\"key\":");
             p = put(p, key_json);
-            p = put(p, b",\"source\":\"matching\",\"cause\":\"");
-            p = put(p, c);
-            p = put(p, b"\",\"data\":");
+            p = put(p, b",\"source\":\"matching\",\"cause\":");
+            p = put(p, cause_open);
+            p = put(p, cause);
+            p = put(p, cause_close);
+            p = put(p, b",\"data\":");
             let written = p.offset_from(start) as usize;
             debug_assert_eq!(written, n);
             buf.set_len(buf.len() + written);
         }
-    }
-
-    /// `head` for a command id that is empty or has characters JSON escapes.
-    fn head_escaped(&mut self, cid: &str, typ: &str, now: i64, key_json: &[u8], i: i64) {
-        let buf = &mut self.buf;
-        buf.extend_from_slice(b"{\"id\":\"");
-        // The id is cid + ":" + index, one JSON string.
-        json_body(buf, cid);
-        buf.push(b':');
-        json_int(buf, i);
-        buf.extend_from_slice(b"\",\"type\":\"");
-        buf.extend_from_slice(typ.as_bytes());
-        buf.extend_from_slice(b"\",\"v\":1,\"ts\":");
-        json_int(buf, now);
-        buf.extend_from_slice(b",\"key\":");
-        buf.extend_from_slice(key_json);
-        buf.extend_from_slice(b",\"source\":\"matching\",\"cause\":");
-        if cid.is_empty() {
-            buf.extend_from_slice(b"null");
-        } else {
-            json_str(buf, cid);
-        }
-        buf.extend_from_slice(b",\"data\":");
     }
 
     /// Close the envelope written since `head` and record it under `key`.
