@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -59,6 +60,45 @@ class TransactionAborted(Exception):
     start: the next fetch returns the same records again."""
 
 
+class PriorAborted(Exception):
+    """The transaction before this one failed, so this one must not commit."""
+
+
+@dataclass(slots=True)
+class Prior:
+    """A transaction still in flight that the next one must follow: its records and
+    offsets before the next one's (`sent`), its commit before the next one's (`task`).
+
+    Two transactions of different transactional ids may overlap, but the output
+    partitions must get their records in batch order, and the group's offsets must
+    be committed in batch order: the group coordinator keeps, of two committed
+    transactional offset commits, the one written later to __consumer_offsets.
+    """
+
+    task: asyncio.Task
+    sent: asyncio.Event
+
+    async def wait_sent(self) -> None:
+        """Returns once the prior transaction's records are acknowledged and its
+        offsets added; raises PriorAborted if it failed first."""
+        if not self.sent.is_set():
+            waiter = asyncio.ensure_future(self.sent.wait())
+            try:
+                await asyncio.wait({waiter, self.task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        if not self.sent.is_set():
+            await self.wait_committed()  # it finished without sending: raises
+
+    async def wait_committed(self) -> None:
+        """Returns once the prior transaction has committed; raises PriorAborted if it
+        did not."""
+        try:
+            await asyncio.shield(self.task)
+        except BaseException as exc:
+            raise PriorAborted(repr(exc)) from exc
+
+
 def rewind(consumer: AIOKafkaConsumer, batch: Batch) -> None:
     """Puts the consumer back on the first record of batch in each of its partitions.
 
@@ -82,10 +122,18 @@ async def commit_in_transaction(
     group_id: str,
     dlq_topic: str,
     source: str,
+    after: Prior | None = None,
+    sent: asyncio.Event | None = None,
 ) -> float:
     """ONE transaction: what send_outputs() sends (it returns the send futures), the
     batch's dead letters and the batch's offsets for group_id. Returns the seconds the
     commit call took.
+
+    after: the transaction of the batch before this one, when it may still be in flight
+    (on another transactional id). This one then sends nothing until that one is
+    `sent`, and commits only once that one has committed; if it fails, this one aborts.
+    sent is set once this transaction's records are acknowledged and its offsets
+    added: the point from which the next batch's transaction may send.
 
     On failure the transaction is aborted, the consumer rewound to the batch's start and
     TransactionAborted raised; the producer should then be replaced (see
@@ -94,6 +142,8 @@ async def commit_in_transaction(
     """
     await producer.begin_transaction()
     try:
+        if after is not None:
+            await after.wait_sent()
         futures = await send_outputs()
         futures += await send_dead_letters(
             producer, batch.dead, dlq_topic, group_id=group_id, source=source
@@ -107,6 +157,10 @@ async def commit_in_transaction(
         refused = next((r for r in results if isinstance(r, BaseException)), None)
         if refused is not None:
             raise refused
+        if sent is not None:
+            sent.set()
+        if after is not None:
+            await after.wait_committed()
         committing = time.perf_counter()
         await producer.commit_transaction()
         return time.perf_counter() - committing

@@ -57,6 +57,15 @@ class MatchingSettings(Settings):
     # refuses while it still writes the previous transaction's markers (a fixed 20 ms,
     # BACKOFF_OVERRIDE): nearly every transaction after a commit meets it once.
     matching_add_partitions_backoff_ms: float = 2.0
+    # Transactional ids taken in turn by the batches (pipeline.Pipeline.run): with two,
+    # a batch's transaction never waits for the markers of the one just committed.
+    # Each is derived from the instance's partition set, and a restarted instance
+    # fences all of them, so keep this the same across restarts.
+    matching_transactional_ids: int = 2
+    # Transactions at once (<= matching_transactional_ids): with 2, the next batch's
+    # transaction starts once this one's records are acknowledged and its offsets
+    # added, while this one's EndTxn is in flight.
+    matching_transactions_in_flight: int = 2
 
     # Snapshots: per partition, after this many commands or this many seconds with at
     # least one command, whichever comes first. 0 disables the trigger.

@@ -30,7 +30,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.common.kafka import Batch, decode_batch, stop_client
-from services.common.kafka_transactions import TransactionAborted, commit_in_transaction, rewind
+from services.common.kafka_transactions import (
+    Prior,
+    TransactionAborted,
+    commit_in_transaction,
+    rewind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +106,22 @@ async def send_records(
     return futures
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch whose transaction is in flight."""
+
+    batch: Batch
+    prior: Prior  # what the next transaction follows
+
+
 @dataclass
 class Pipeline:
     """One transactional consume-transform-produce loop; see run()."""
 
     consumer: AIOKafkaConsumer  # statically assigned, unstarted
-    new_producer: Callable[[], AIOKafkaProducer]  # transactional, unstarted
+    # transactional, unstarted; called with a slot 0 <= slot < producers, and each
+    # slot's producer must have a transactional id of its own
+    new_producer: Callable[[int], AIOKafkaProducer]
     transform: Callable[[Batch], Outputs]
     out_topic: str
     group_id: str
@@ -122,22 +137,38 @@ class Pipeline:
     # While a transaction is in flight, keep fetching and transforming the next batch
     # every this many ms until it is done (0: one fetch); see _next_while.
     gather_poll_ms: int = 0
-    producer: AIOKafkaProducer | None = None
+    # Transactional ids taken in turn, one producer each; see run().
+    producers: int = 1
+    # At most this many transactions at once (<= producers); see run().
+    transactions_in_flight: int = 1
+    clients: list[AIOKafkaProducer] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start the producer (InitProducerId fences the previous owner of the
+        """Start the producers (InitProducerId fences the previous owner of each
         transactional id and settles its open transaction), then the consumer (whose
         committed offsets are now final), then on_start; loop until stop is set.
 
         While one batch's transaction is in flight (some five broker round trips:
         AddPartitionsToTxn, Produce, AddOffsetsToTxn, TxnOffsetCommit, EndTxn), the
         next batch is fetched and transformed: the CPU work hides behind the waits.
-        The transform's state then runs one batch ahead of what is committed, which
-        on_abort must undo (it gets the consumer put back to the first uncommitted
-        record of every partition)."""
-        self.producer = self.new_producer()
-        await self.producer.start()
+        The transform's state then runs ahead of what is committed, which on_abort
+        must undo (it gets the consumer put back to the first uncommitted record of
+        every partition).
+
+        With several producers, batches take them in turn. A producer's next
+        transaction then never waits for the markers of its last one (the
+        coordinator refuses AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until
+        they are written). With transactions_in_flight 2, the next batch's
+        transaction starts as soon as this one's records are acknowledged and its
+        offsets added, so its first round trips overlap this one's EndTxn; records,
+        offsets and commits still go in batch order (kafka_transactions.Prior).
+        """
+        if not 1 <= self.transactions_in_flight <= self.producers:
+            raise ValueError("need 1 <= transactions_in_flight <= producers")
         try:
+            for slot in range(self.producers):
+                self.clients.append(self.new_producer(slot))
+                await self.clients[-1].start()
             await self.consumer.start()
             try:
                 if self.on_start is not None:
@@ -146,13 +177,22 @@ class Pipeline:
             finally:
                 await stop_client(self.consumer)
         finally:
-            await stop_client(self.producer)
+            for client in self.clients:
+                await stop_client(client)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         pending: tuple[Batch, Outputs] | None = None
+        flight: list[_Flight] = []  # oldest first
         aborts = 0
+        turn = 0
         while True:
             if pending is None:
+                # Nothing to start: let what is in flight finish, then fetch (which may
+                # wait up to poll_timeout_ms).
+                failure = await self._land(flight, 0, None)
+                if failure is not None:
+                    aborts = await self._recover(failure, None, aborts + 1)
+                    continue
                 if stop.is_set():
                     return
                 batch = await self.fetch()
@@ -160,49 +200,111 @@ class Pipeline:
                     continue
                 pending = (batch, self._transform(batch))
             batch, outputs = pending
-            committing = asyncio.create_task(self.commit(batch, outputs))
+            sent = asyncio.Event()
+            task = asyncio.create_task(
+                self.commit(
+                    batch,
+                    outputs,
+                    self.clients[turn],
+                    after=flight[-1].prior if flight else None,
+                    sent=sent,
+                )
+            )
+            turn = (turn + 1) % self.producers
+            flight.append(_Flight(batch, Prior(task, sent)))
             nxt: Batch | None = None
-            nxt_outputs = None
+            nxt_outputs: Outputs | None = None
             try:
                 if not stop.is_set():
-                    nxt, nxt_outputs = await self._next_while(committing)
+                    nxt, nxt_outputs = await self._next_while(lambda: self._may_start(flight))
             except BaseException:
-                if isinstance(committing, asyncio.Task) and not committing.done():
-                    committing.cancel()  # the next producer of the id aborts it
-                with contextlib.suppress(BaseException):
-                    await committing
+                await self._cancel(flight)
                 raise
-            try:
-                await committing
-            except TransactionAborted:
-                aborts += 1
-                log.warning("batch aborted (%d in a row)", aborts, exc_info=True)
-                if nxt is not None:
-                    # Back to the first uncommitted record everywhere: the batch's start
-                    # (again: the next fetch may have run after commit()'s rewind), and
-                    # for partitions only in the next batch, its start.
-                    for tp, first in nxt.first_offsets.items():
-                        if tp not in batch.first_offsets:
-                            self.consumer.seek(tp, first)
-                    rewind(self.consumer, batch)
-                if aborts >= self.aborts_in_a_row_max:
-                    raise
-                await stop_client(self.producer)
-                self.producer = self.new_producer()
-                await self.producer.start()
-                if self.on_abort is not None:
-                    await self.on_abort(self.consumer)
+            # Before the next transaction starts, at most transactions_in_flight - 1
+            # may still run; with nothing gathered, none.
+            keep = self.transactions_in_flight - 1 if nxt is not None else 0
+            failure = await self._land(flight, keep, nxt)
+            if failure is not None:
+                aborts = await self._recover(failure, nxt, aborts + 1)
                 pending = None
                 continue
-            except BaseException:
-                if nxt is not None:
-                    rewind(self.consumer, nxt)
-                raise
             aborts = 0
             pending = (nxt, nxt_outputs) if nxt is not None else None
 
-    async def _next_while(self, committing: asyncio.Task) -> tuple[Batch | None, Outputs | None]:
-        """The next batch, fetched and transformed while `committing` is in flight.
+    async def _recover(
+        self, failure: tuple[BaseException, list[Batch]], nxt: Batch | None, aborts: int
+    ) -> int:
+        """After aborted transactions: the consumer back to the first uncommitted record
+        of every partition, new producers (a new epoch: aiokafka keeps counting the
+        refused records' sequence numbers), on_abort. Returns aborts."""
+        exc, failed = failure
+        log.warning("batch aborted (%d in a row)", aborts, exc_info=exc)
+        # Each failed batch's start (again: a fetch may have run after commit()'s
+        # rewind), and for partitions only in a later batch, its start. The earliest
+        # batch is rewound last, so its start wins.
+        for batch in reversed([*failed, *([nxt] if nxt is not None else [])]):
+            rewind(self.consumer, batch)
+        if aborts >= self.aborts_in_a_row_max:
+            raise exc
+        for slot, client in enumerate(self.clients):
+            await stop_client(client)
+            self.clients[slot] = self.new_producer(slot)
+            await self.clients[slot].start()
+        if self.on_abort is not None:
+            await self.on_abort(self.consumer)
+        return aborts
+
+    def _may_start(self, flight: list[_Flight]) -> bool:
+        """Whether the next batch's transaction may start: fewer than
+        transactions_in_flight unfinished, and the newest one past its sends."""
+        newest = flight[-1].prior
+        if newest.task.done():
+            return True
+        running = sum(1 for f in flight if not f.prior.task.done())
+        return running < self.transactions_in_flight and newest.sent.is_set()
+
+    async def _land(
+        self, flight: list[_Flight], keep: int, nxt: Batch | None
+    ) -> tuple[BaseException, list[Batch]] | None:
+        """Awaits the oldest transactions in flight (and any already finished) until at
+        most `keep` remain. Returns None, or, once every transaction in flight has
+        finished (one failure aborts those after it), the first failure and the failed
+        batches oldest first. Any error but TransactionAborted is raised, after the
+        rest are cancelled and the consumer put back to nxt's start."""
+        failure: BaseException | None = None
+        failed: list[Batch] = []
+        try:
+            while flight and (
+                failure is not None or len(flight) > keep or flight[0].prior.task.done()
+            ):
+                f = flight[0]
+                try:
+                    await f.prior.task
+                except TransactionAborted as exc:
+                    failure = failure or exc
+                    failed.append(f.batch)
+                flight.pop(0)
+        except BaseException:
+            if nxt is not None:
+                rewind(self.consumer, nxt)
+            await self._cancel(flight)
+            raise
+        return (failure, failed) if failure is not None else None
+
+    async def _cancel(self, flight: list[_Flight]) -> None:
+        for f in flight:
+            if not f.prior.task.done():
+                f.prior.task.cancel()  # the next producer of the id aborts it
+        for f in flight:
+            with contextlib.suppress(BaseException):
+                await f.prior.task
+        flight.clear()
+
+    async def _next_while(
+        self, may_start: Callable[[], bool]
+    ) -> tuple[Batch | None, Outputs | None]:
+        """The next batch, fetched and transformed until may_start() (the next
+        transaction may start: the one in flight is done, or far enough along).
 
         gather_poll_ms == 0: one fetch (it returns as soon as records are there, so at
         a steady rate it holds what arrived just before the commit began).
@@ -218,7 +320,7 @@ class Pipeline:
         nxt: Batch | None = None
         nxt_outputs: Outputs | None = None
         while True:
-            done = committing.done()
+            done = may_start()
             room = self.batch_records_max - (len(nxt) if nxt is not None else 0)
             if room <= 0:
                 break
@@ -255,11 +357,19 @@ class Pipeline:
             return raw_batch(fetched)
         return decode_batch(fetched, self.validate)
 
-    async def commit(self, batch: Batch, outputs: Outputs) -> None:
-        """One transaction: outputs, dead letters, offsets. On failure abort, rewind the
+    async def commit(
+        self,
+        batch: Batch,
+        outputs: Outputs,
+        producer: AIOKafkaProducer,
+        *,
+        after: Prior | None = None,
+        sent: asyncio.Event | None = None,
+    ) -> None:
+        """One transaction on producer: outputs, dead letters, offsets, after the
+        transaction `after` (commit_in_transaction). On failure abort, rewind the
         consumer to the batch's start and raise TransactionAborted (ProducerFenced and a
         failed abort as they are: the producer is then unusable)."""
-        producer = self.producer
 
         async def send_outputs() -> list[asyncio.Future]:
             futures = []
@@ -280,6 +390,8 @@ class Pipeline:
             group_id=self.group_id,
             dlq_topic=self.dlq_topic,
             source=self.source,
+            after=after,
+            sent=sent,
         )
         if self.on_commit is not None:
             self.on_commit(batch, outputs, commit_s)

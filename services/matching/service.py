@@ -122,10 +122,11 @@ class MatchingService:
             )
             set_add_partitions_backoff(s.matching_add_partitions_backoff_ms / 1000)
 
-            def new_producer():
+            def new_producer(slot: int):
                 return make_producer(
                     bootstrap,
-                    transactional_id=txn_id,
+                    # slot 0 keeps the id of a single-producer instance
+                    transactional_id=txn_id if slot == 0 else f"{txn_id}+{slot}",
                     client_id="matching",
                     linger_ms=s.matching_linger_ms,
                     max_batch_size=s.matching_max_batch_bytes,
@@ -170,6 +171,8 @@ class MatchingService:
                 batch_records_max=s.matching_batch_records_max,
                 poll_timeout_ms=s.matching_poll_timeout_ms,
                 gather_poll_ms=s.matching_gather_poll_ms,
+                producers=s.matching_transactional_ids,
+                transactions_in_flight=s.matching_transactions_in_flight,
                 on_start=on_start,
                 on_commit=self.on_commit,
                 on_abort=self.on_abort,

@@ -10,6 +10,8 @@ import asyncio
 import time
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from loadtests import workloads
 from services.common.envelope import encode
@@ -109,6 +111,77 @@ async def test_streamed_commands_gathered_in_pieces_give_the_clean_run(
     assert service.refused and aborted >= 1
     # More pieces than batches committed: some batches were gathered from several.
     assert service.pieces > service.committed + aborted
+    market = await read_partitions(kafka_bootstrap, topic_prefix + "market")
+    want = clean_run(await read_partitions(kafka_bootstrap, orders))
+    assert market == want, first_difference(market, want)
+
+
+async def test_a_commit_failing_after_the_next_batch_sent_gives_the_clean_run(
+    kafka_bootstrap, topic_prefix, monkeypatch
+):
+    """Two transactions in flight (matching_transactions_in_flight 2): one commit call
+    fails after the next batch's transaction, on the other transactional id, has sent
+    its records. Both abort, the consumer goes back to the first one's start, and
+    market still equals the clean run."""
+    await create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
+    orders = topic_prefix + "orders"
+    calls = {"commit": 0}
+    sends: list[tuple[float, int]] = []  # (when, producer) of every send_batch
+    window: dict[str, float | int] = {}
+    real_commit = AIOKafkaProducer.commit_transaction
+    real_send_batch = AIOKafkaProducer.send_batch
+
+    async def send_batch(self, *a, **kw):
+        sends.append((time.monotonic(), id(self)))
+        return await real_send_batch(self, *a, **kw)
+
+    async def commit_transaction(self):
+        calls["commit"] += 1
+        if calls["commit"] == 8:
+            # Long enough for the next batch's transaction to send; then refuse.
+            window.update(start=time.monotonic(), producer=id(self))
+            await asyncio.sleep(0.5)
+            window["end"] = time.monotonic()
+            raise KafkaError("injected: commit refused")
+        return await real_commit(self)
+
+    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", commit_transaction)
+    monkeypatch.setattr(AIOKafkaProducer, "send_batch", send_batch)
+    service = MatchingService(
+        MatchingSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            matching_tick_interval_ms=0,
+            matching_snapshot_every_commands=400,
+            matching_batch_records_max=300,
+        )
+    )
+    assert service.settings.matching_transactions_in_flight == 2  # the path under test
+    aborted_before = service.metrics.transactions.labels("aborted")._value.get()
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            await service.ready.wait()
+        await stream(kafka_bootstrap, orders, workloads.freight_mix(COMMANDS, seed=43))
+        end = {p: len(v) for p, v in (await read_partitions(kafka_bootstrap, orders)).items()}
+        deadline = time.monotonic() + 90
+        while not all(service.next_offset[p] >= end.get(p, 0) for p in service.owned):
+            if task.done():
+                task.result()
+            assert time.monotonic() < deadline, "the service did not catch up in time"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    assert "end" in window, "the injected failure never ran"
+    # The precondition: the other producer sent while the failing commit was pending.
+    assert any(
+        window["start"] < when < window["end"] and who != window["producer"] for when, who in sends
+    ), "no transaction overlapped the failing commit"
+    aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
+    assert aborted >= 1
     market = await read_partitions(kafka_bootstrap, topic_prefix + "market")
     want = clean_run(await read_partitions(kafka_bootstrap, orders))
     assert market == want, first_difference(market, want)
