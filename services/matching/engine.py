@@ -147,16 +147,20 @@ class Engine:
     def process_encoded(self, commands: list) -> list[tuple[bytes | None, bytes]]:
         """`process`, each event encoded as the service writes it: (key bytes or None,
         orjson bytes). The native engine (native_engine.py) gives the same bytes."""
-        return [
-            (e["key"].encode() if e["key"] is not None else None, dumps(e))
-            for e in self.process(commands)
-        ]
+        return _encoded(self.process(commands))
 
-    def process_raw(self, values: list, fallback) -> list[tuple[bytes | None, bytes]]:
+    def process_raw(
+        self, values: list, fallback, counts: dict | None = None
+    ) -> list[tuple[bytes | None, bytes]]:
         """Kafka record values in, as NativeEngine.process_raw: here every value goes
-        through `fallback(value, index)` (decode and validate; None: a dead letter)."""
+        through `fallback(value, index)` (decode and validate; None: a dead letter).
+        counts, if given, gets the number of events of each type added."""
         commands = [fallback(value, i) for i, value in enumerate(values)]
-        return self.process_encoded([c for c in commands if c is not None])
+        events = self.process([c for c in commands if c is not None])
+        if counts is not None:
+            for e in events:
+                counts[e["type"]] = counts.get(e["type"], 0) + 1
+        return _encoded(events)
 
     def _odd(self, cmd, out, base):  # unannotated: a command may be anything
         """A command whose envelope is incomplete or mistyped (the careful path)."""
@@ -677,3 +681,8 @@ def _reject(
             "data": {"ref_id": ref_id, "reason": reason},
         }
     )
+
+
+def _encoded(events: list[dict]) -> list[tuple[bytes | None, bytes]]:
+    """Events as the service writes them: (key bytes or None, orjson bytes)."""
+    return [(e["key"].encode() if e["key"] is not None else None, dumps(e)) for e in events]

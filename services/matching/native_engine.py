@@ -47,7 +47,10 @@ class NativeEngine:
         return self._core.process_encoded(commands)
 
     def process_raw(
-        self, values: list, fallback: Callable[[bytes | None, int], dict | None]
+        self,
+        values: list,
+        fallback: Callable[[bytes | None, int], dict | None],
+        counts: dict | None = None,
     ) -> list[tuple[bytes | None, bytes]]:
         """Handle Kafka record values (bytes, None for a null record) in order, as
         process_encoded handles their decoded, validated envelopes. A value the core's
@@ -55,8 +58,10 @@ class NativeEngine:
         is read in place; for any other, `fallback(value, index in values)` gives the
         decoded, validated envelope, or None for a dead letter (skipped: the fallback
         records it). Same outputs as process_encoded([fallback(v, i) ...]) with the
-        Nones left out, when fallback decodes and validates (test_native_raw.py)."""
-        return self._core.process_raw(values, fallback)
+        Nones left out, when fallback decodes and validates (test_native_raw.py).
+        counts, if given (a dict), gets the number of events of each type added:
+        cheaper than reading each type back from the bytes (engines.event_type)."""
+        return self._core.process_raw(values, fallback, counts)
 
     def process(self, commands: list) -> list[dict]:
         """Handle `commands` in order; return every outcome envelope as a dict (the

@@ -40,7 +40,7 @@ from services.common.runner import ServiceContext
 from services.matching import envelope_check, recovery
 from services.matching.clock import run_clock
 from services.matching.config import MatchingSettings
-from services.matching.engines import MatchingEngine, engine_class, event_type
+from services.matching.engines import MatchingEngine, engine_class
 from services.matching.metrics import MatchingMetrics, matching_metrics
 from services.matching.pipeline import Outputs, Pipeline
 
@@ -307,10 +307,9 @@ class MatchingService:
 
             # (key, value) bytes straight from the engine: the native one never builds
             # the command or event dicts at all.
-            encoded = out.records[p] = self.engines[p].process_raw(
-                [r.value for r in records], fallback
+            out.records[p] = self.engines[p].process_raw(
+                [r.value for r in records], fallback, types
             )
-            types.update(event_type(value) for _, value in encoded)
         if len(dead) > dead_before:
             gone = {id(letter.record) for letter in dead[dead_before:]}
             batch.records = [r for r in batch.records if id(r) not in gone]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import orjson
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from services.common.deadletter import INVALID, UNDECODABLE
 from services.common.kafka import decode_valid
 from services.matching.engine import Engine
+from services.matching.engines import event_type
 from services.matching.envelope_check import plainly_valid, validate_envelope
 from services.matching.native_engine import NativeEngine
 from tests.unit.matching.builders import envelope, load_data, offer_data
@@ -44,16 +46,20 @@ class Path:
         self.dead = []
         self.fallbacks = 0
 
-    def feed(self, values: list) -> list:
+    def fallback_for(self, values: list):
+        """The service's fallback for a batch of values (dead letters kept here)."""
         records = [Rec(v, i) for i, v in enumerate(values)]
-        start = len(self.dead)
 
         def fallback(value, i):
             assert value is records[i].value
             self.fallbacks += 1
             return decode_valid(records[i], validate_envelope, self.dead)
 
-        out = self.engine.process_raw(values, fallback)
+        return fallback
+
+    def feed(self, values: list) -> list:
+        start = len(self.dead)
+        out = self.engine.process_raw(values, self.fallback_for(values))
         self.dead[start:] = [(d.record.index, d.reason) for d in self.dead[start:]]
         return out
 
@@ -241,3 +247,22 @@ def test_odd_values_one_by_one():
     check(cases, py, native, path, ref_dead)
     assert [i for i, _ in ref_dead] == [0, 1, 2, 3, 4, 5, 9]
     assert path.fallbacks == 8  # all but the two plain envelopes
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_counts_by_type_are_added_as_the_events_say(seed):
+    """process_raw's counts: per type, the events it returned (read back from their
+    bytes), added to what the dict held; the same for both engines."""
+    rng = random.Random(seed)
+    values = [encode(rng, c) for c in random_log(seed, 2000)]
+    for engine in (Engine(), NativeEngine()):
+        counts = {"deal.made": 1000, "unrelated": 7}
+        path = Path(engine)
+        events = []
+        for i in range(0, len(values), 500):
+            events += engine.process_raw(
+                values[i : i + 500], path.fallback_for(values[i : i + 500]), counts
+            )
+        want = Counter(event_type(v) for _, v in events)
+        want.update({"deal.made": 1000, "unrelated": 7})
+        assert len(want) > 4 and counts == want

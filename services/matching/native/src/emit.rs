@@ -27,7 +27,36 @@ pub struct Out {
     pub keys: Vec<u8>,
     /// events.len() when the current command began: event ids count from there.
     base: usize,
+    /// Events written since clear(), by type (EventType's slot).
+    pub types: [u32; EVENT_TYPES.len()],
 }
+
+/// An event type: its name, and its slot in Out::types (so counting costs an add).
+#[derive(Clone, Copy)]
+pub struct EventType(pub &'static str, usize);
+
+pub const ORDER_EXPIRED: EventType = EventType("order.expired", 0);
+pub const AUCTION_OPENED: EventType = EventType("auction.opened", 1);
+pub const LOAD_RESTED: EventType = EventType("load.rested", 2);
+pub const OFFER_RESTED: EventType = EventType("offer.rested", 3);
+pub const BID_ACCEPTED: EventType = EventType("bid.accepted", 4);
+pub const ORDER_CANCELLED: EventType = EventType("order.cancelled", 5);
+pub const AUCTION_CLOSED: EventType = EventType("auction.closed", 6);
+pub const DEAL_MADE: EventType = EventType("deal.made", 7);
+pub const ORDER_REJECTED: EventType = EventType("order.rejected", 8);
+
+/// Every event type, in slot order.
+pub const EVENT_TYPES: [EventType; 9] = [
+    ORDER_EXPIRED,
+    AUCTION_OPENED,
+    LOAD_RESTED,
+    OFFER_RESTED,
+    BID_ACCEPTED,
+    ORDER_CANCELLED,
+    AUCTION_CLOSED,
+    DEAL_MADE,
+    ORDER_REJECTED,
+];
 
 use crate::json::special;
 
@@ -184,6 +213,7 @@ impl Out {
         self.events.clear();
         self.keys.clear();
         self.base = 0;
+        self.types = [0; EVENT_TYPES.len()];
     }
 
     /// A new command begins: its events' ids count from 0 again.
@@ -195,8 +225,10 @@ impl Out {
     /// Write an envelope up to and including `"data":`; the caller writes the data
     /// object, then calls `end`. `key_json` is the key as JSON (a string or null).
     /// `cause` is the command id, or null when it is empty.
-    pub fn head(&mut self, cid: &str, typ: &str, now: i64, key_json: &[u8]) {
+    pub fn head(&mut self, cid: &str, typ: EventType, now: i64, key_json: &[u8]) {
         let i = (self.events.len() - self.base) as i64;
+        self.types[typ.1] += 1;
+        let typ = typ.0;
         // The command id as JSON string content: itself, unless it has characters to
         // escape (then escaped aside; the Vec allocates only then).
         let mut escaped = Vec::new();

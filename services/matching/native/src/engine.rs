@@ -13,7 +13,11 @@ use foldhash::fast::FixedState;
 
 use crate::book::Book;
 use crate::commands::{BidPlace, Command, Lane, LoadPost, OfferPost, Pair, Parsed};
-use crate::emit::{json_bool, json_int, json_opt_int, json_str, Key, Out};
+use crate::emit::{
+    json_bool, json_int, json_opt_int, json_str, Key, Out, AUCTION_CLOSED, AUCTION_OPENED,
+    BID_ACCEPTED, DEAL_MADE, LOAD_RESTED, OFFER_RESTED, ORDER_CANCELLED, ORDER_EXPIRED,
+    ORDER_REJECTED,
+};
 use crate::orders::{Auction, Bid, Load, Name, Offer, Slab};
 use crate::timers::{Fired, Target, Timers};
 
@@ -174,7 +178,7 @@ impl Engine {
     fn expired(&self, out: &mut Out, cid: &str, book: u32, ref_id: &str) {
         out.head(
             cid,
-            "order.expired",
+            ORDER_EXPIRED,
             self.now,
             &self.books[book as usize].key_json,
         );
@@ -270,7 +274,7 @@ impl Engine {
             self.loads.insert(load_id, LoadRef::Auction(a));
             self.timers.add_close(t.closes_at, seq, a);
             let book = &self.books[b as usize];
-            out.head(cid, "auction.opened", now, &book.key_json);
+            out.head(cid, AUCTION_OPENED, now, &book.key_json);
             let buf = &mut out.buf;
             buf.extend_from_slice(b"{\"load_id\":");
             json_str(buf, p.load_id);
@@ -336,7 +340,7 @@ impl Engine {
         self.books[b as usize].add_load(p.limit_fen, i);
         self.loads.insert(load_id, LoadRef::Market(i));
         self.timers.add_expiry(p.pickup_to, seq, Target::Load(i));
-        out.head(cid, "load.rested", now, &self.books[b as usize].key_json);
+        out.head(cid, LOAD_RESTED, now, &self.books[b as usize].key_json);
         out.buf.extend_from_slice(b"{\"load_id\":");
         json_str(&mut out.buf, p.load_id);
         out.buf.push(b'}');
@@ -417,7 +421,7 @@ impl Engine {
         self.offers.insert(offer_id, i);
         self.timers
             .add_expiry(p.available_to, seq, Target::Offer(i));
-        out.head(cid, "offer.rested", now, &self.books[b as usize].key_json);
+        out.head(cid, OFFER_RESTED, now, &self.books[b as usize].key_json);
         let buf = &mut out.buf;
         buf.extend_from_slice(b"{\"offer_id\":");
         json_str(buf, p.offer_id);
@@ -485,7 +489,7 @@ impl Engine {
                 _ => Some(p.price_fen),
             }
         };
-        out.head(cid, "bid.accepted", now, &self.books[b as usize].key_json);
+        out.head(cid, BID_ACCEPTED, now, &self.books[b as usize].key_json);
         let buf = &mut out.buf;
         buf.extend_from_slice(b"{\"bid_id\":");
         json_str(buf, p.bid_id);
@@ -597,7 +601,7 @@ impl Engine {
     fn cancelled(&self, out: &mut Out, cid: &str, book: u32, ref_id: &str) {
         out.head(
             cid,
-            "order.cancelled",
+            ORDER_CANCELLED,
             self.now,
             &self.books[book as usize].key_json,
         );
@@ -654,7 +658,7 @@ impl Engine {
         };
         out.head(
             cid,
-            "auction.closed",
+            AUCTION_CLOSED,
             self.now,
             &self.books[b as usize].key_json,
         );
@@ -702,7 +706,7 @@ impl Engine {
         price_fen: i64,
     ) {
         let book = &self.books[b as usize];
-        out.head(cid, "deal.made", self.now, &book.key_json);
+        out.head(cid, DEAL_MADE, self.now, &book.key_json);
         let buf = &mut out.buf;
         buf.extend_from_slice(b"{\"deal_id\":\"deal:");
         crate::emit::json_body(buf, load_id);
@@ -734,7 +738,7 @@ impl Engine {
     ) {
         let mut key_json = Vec::new();
         crate::emit::json_opt_str(&mut key_json, key);
-        out.head(cid, "order.rejected", self.now, &key_json);
+        out.head(cid, ORDER_REJECTED, self.now, &key_json);
         let buf = &mut out.buf;
         buf.extend_from_slice(b"{\"ref_id\":");
         crate::emit::json_opt_str(buf, ref_id);

@@ -27,10 +27,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::commands::Lane;
-use crate::emit::{Key, Out};
+use crate::emit::{Key, Out, EVENT_TYPES};
 use crate::engine::{Engine, REASONS};
 use crate::json::Json;
 use crate::parse::Reader;
@@ -117,11 +117,14 @@ impl Core {
     /// is read in place; any other goes to `fallback(value, index)`, which returns the
     /// decoded, validated envelope (handled as by process_encoded) or None: a dead
     /// letter, skipped (the fallback records it). Same return as process_encoded.
+    /// `counts`, a dict, gets the number of events of each type added.
+    #[pyo3(signature = (values, fallback, counts=None))]
     fn process_raw<'py>(
         &mut self,
         py: Python<'py>,
         values: &Bound<'py, PyList>,
         fallback: &Bound<'py, PyAny>,
+        counts: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyList>> {
         self.out.clear();
         let mut reader = Reader {
@@ -153,6 +156,20 @@ impl Core {
                 let r = reader.command(&mut self.engine, &mut self.out, &envelope);
                 reader.src.clear();
                 r?;
+            }
+        }
+        if let Some(counts) = counts {
+            // The caller's per-type metric, without reading every event's type back
+            // out of its bytes in Python.
+            for (typ, &n) in EVENT_TYPES.iter().zip(&self.out.types) {
+                if n == 0 {
+                    continue;
+                }
+                let before: u64 = match counts.get_item(typ.0)? {
+                    Some(v) => v.extract()?,
+                    None => 0,
+                };
+                counts.set_item(typ.0, before + u64::from(n))?;
             }
         }
         self.pairs(py)
