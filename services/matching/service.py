@@ -105,12 +105,14 @@ class MatchingService:
                 )
             self.owned = s.owned_partitions(n_orders)
             txn_id = transactional_id_for(SOURCE, self.orders, self.owned)
+            # slot 0 keeps the id of a single-producer instance
+            txn_ids = [txn_id] + [f"{txn_id}+{k}" for k in range(1, s.matching_transactional_ids)]
             log.info(
-                "instance %d of %d: partitions %s, transactional id %s",
+                "instance %d of %d: partitions %s, transactional ids %s",
                 s.matching_instance,
                 s.matching_instances,
                 self.owned,
-                txn_id,
+                ", ".join(txn_ids),
             )
             self.consumer = make_consumer(
                 bootstrap,
@@ -125,8 +127,7 @@ class MatchingService:
             def new_producer(slot: int):
                 return make_producer(
                     bootstrap,
-                    # slot 0 keeps the id of a single-producer instance
-                    transactional_id=txn_id if slot == 0 else f"{txn_id}+{slot}",
+                    transactional_id=txn_ids[slot],
                     client_id="matching",
                     linger_ms=s.matching_linger_ms,
                     max_batch_size=s.matching_max_batch_bytes,

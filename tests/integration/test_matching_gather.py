@@ -71,6 +71,33 @@ async def stream(bootstrap: str, topic: str, commands: list[dict]) -> None:
         await producer.stop()
 
 
+async def run_streamed(
+    service: MatchingService, bootstrap: str, orders: str, seed: int
+) -> dict[int, int]:
+    """Runs service while COMMANDS freight-mix commands are streamed into orders, until
+    its engines have taken every one; stops it. Returns the records per partition."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            await service.ready.wait()
+        await stream(bootstrap, orders, workloads.freight_mix(COMMANDS, seed=seed))
+        end = dict.fromkeys(range(PARTITIONS), 0)
+        for p, values in (await read_partitions(bootstrap, orders)).items():
+            end[p] = len(values)
+        assert sum(end.values()) == COMMANDS
+        deadline = time.monotonic() + 90
+        while not all(service.next_offset[p] >= end[p] for p in service.owned):
+            if task.done():
+                task.result()  # raises what the service raised
+            assert time.monotonic() < deadline, "the service did not catch up in time"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    return end
+
+
 async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int]:
     """The group's committed offset of every partition of topic that has one."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
@@ -103,25 +130,7 @@ async def test_streamed_commands_gathered_in_pieces_give_the_clean_run(
     )
     assert service.settings.matching_gather_poll_ms > 0  # the path under test
     aborted_before = service.metrics.transactions.labels("aborted")._value.get()
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        async with asyncio.timeout(60):
-            await service.ready.wait()
-        await stream(kafka_bootstrap, orders, workloads.freight_mix(COMMANDS, seed=41))
-        end = {p: 0 for p in range(PARTITIONS)}
-        for p, values in (await read_partitions(kafka_bootstrap, orders)).items():
-            end[p] = len(values)
-        assert sum(end.values()) == COMMANDS
-        deadline = time.monotonic() + 90
-        while not all(service.next_offset[p] >= end[p] for p in service.owned):
-            if task.done():
-                task.result()  # raises what the service raised
-            assert time.monotonic() < deadline, "the service did not catch up in time"
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    await run_streamed(service, kafka_bootstrap, orders, seed=41)
 
     aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
     assert service.refused and aborted >= 1
@@ -179,22 +188,7 @@ async def test_a_commit_failing_after_the_next_batch_sent_gives_the_clean_run(
     )
     assert service.settings.matching_transactions_in_flight == 2  # the path under test
     aborted_before = service.metrics.transactions.labels("aborted")._value.get()
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        async with asyncio.timeout(60):
-            await service.ready.wait()
-        await stream(kafka_bootstrap, orders, workloads.freight_mix(COMMANDS, seed=43))
-        end = {p: len(v) for p, v in (await read_partitions(kafka_bootstrap, orders)).items()}
-        deadline = time.monotonic() + 90
-        while not all(service.next_offset[p] >= end.get(p, 0) for p in service.owned):
-            if task.done():
-                task.result()
-            assert time.monotonic() < deadline, "the service did not catch up in time"
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    end = await run_streamed(service, kafka_bootstrap, orders, seed=43)
 
     assert "failed" in window, "no commit overlapped by the next transaction"
     aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
