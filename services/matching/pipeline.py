@@ -187,12 +187,7 @@ class Pipeline:
         turn = 0
         while True:
             if pending is None:
-                # Nothing to start: let what is in flight finish, then fetch (which may
-                # wait up to poll_timeout_ms).
-                failure = await self._land(flight, 0, None)
-                if failure is not None:
-                    aborts = await self._recover(failure, None, aborts + 1)
-                    continue
+                # Nothing is in flight here: with nothing gathered, everything landed.
                 if stop.is_set():
                     return
                 batch = await self.fetch()
