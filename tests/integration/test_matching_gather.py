@@ -152,7 +152,7 @@ async def test_a_commit_failing_after_the_next_batch_sent_gives_the_clean_run(
     orders = topic_prefix + "orders"
     calls = {"commit": 0}
     sends: list[tuple[float, int]] = []  # (when, producer) of every send_batch
-    window: dict[str, int] = {}
+    injected: dict[str, int] = {}  # the commit call refused
     real_commit = AIOKafkaProducer.commit_transaction
     real_send_batch = AIOKafkaProducer.send_batch
 
@@ -165,12 +165,12 @@ async def test_a_commit_failing_after_the_next_batch_sent_gives_the_clean_run(
         # transaction (the other producer) sends records after this one's last send,
         # waiting up to 0.3 s for that to happen; the others go through.
         calls["commit"] += 1
-        if "failed" not in window and calls["commit"] >= 5:
+        if "failed" not in injected and calls["commit"] >= 5:
             mine = max((when for when, who in sends if who == id(self)), default=0.0)
             deadline = time.monotonic() + 0.3
             while time.monotonic() < deadline:
                 if any(when > mine and who != id(self) for when, who in sends):
-                    window["failed"] = calls["commit"]
+                    injected["failed"] = calls["commit"]
                     raise KafkaError("injected: commit refused")
                 await asyncio.sleep(0.01)
         return await real_commit(self)
@@ -190,7 +190,7 @@ async def test_a_commit_failing_after_the_next_batch_sent_gives_the_clean_run(
     aborted_before = service.metrics.transactions.labels("aborted")._value.get()
     end = await run_streamed(service, kafka_bootstrap, orders, seed=43)
 
-    assert "failed" in window, "no commit overlapped by the next transaction"
+    assert "failed" in injected, "no commit overlapped by the next transaction"
     aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
     assert aborted >= 1
     # The group's offsets are the last batch's, though two transactions' offset commits
