@@ -56,7 +56,7 @@ from services.common.kafka import (
     make_consumer,
     make_producer,
     static_partitions,
-    transactional_id_for,
+    transactional_ids_for,
 )
 from services.common.kafka_transactions import set_add_partitions_backoff
 from services.common.topics import create_topics
@@ -216,7 +216,9 @@ async def run_passthrough(
         client_id="passthrough",
         max_partition_fetch_bytes=MatchingSettings().matching_fetch_partition_bytes,
     )
-    txn_id = transactional_id_for("passthrough", orders, range(PARTITIONS))
+    txn_ids = transactional_ids_for(
+        "passthrough", orders, range(PARTITIONS), MatchingSettings().matching_transactional_ids
+    )
     stop, ready, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
     position = dict.fromkeys(range(PARTITIONS), 0)
 
@@ -242,7 +244,7 @@ async def run_passthrough(
         consumer=consumer,
         new_producer=lambda slot: make_producer(
             bootstrap,
-            transactional_id=txn_id if slot == 0 else f"{txn_id}+{slot}",
+            transactional_id=txn_ids[slot],
             client_id="passthrough",
             linger_ms=args.linger_ms,
             max_batch_size=MatchingSettings().matching_max_batch_bytes,

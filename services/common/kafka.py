@@ -148,6 +148,17 @@ def transactional_id_for(service: str, topic: str, partitions: Iterable[int]) ->
     return f"{service}@{topic}#{','.join(ranges)}"
 
 
+def transactional_ids_for(
+    service: str, topic: str, partitions: Iterable[int], count: int
+) -> list[str]:
+    """count transactional ids of one static partition set, for producers taken in turn
+    (services.matching.pipeline): transactional_id_for's, then the same with "+1",
+    "+2"... The first is the id of a single producer, so one producer is the special
+    case of one id."""
+    first = transactional_id_for(service, topic, partitions)
+    return [first] + [f"{first}+{k}" for k in range(1, count)]
+
+
 # ---------------------------------------------------------------------------- batches
 
 

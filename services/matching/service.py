@@ -33,7 +33,7 @@ from services.common.kafka import (
     make_producer,
     static_partitions,
     stop_client,
-    transactional_id_for,
+    transactional_ids_for,
 )
 from services.common.kafka_transactions import set_add_partitions_backoff
 from services.common.runner import ServiceContext
@@ -104,9 +104,9 @@ class MatchingService:
                     "matching writes orders partition p to market partition p"
                 )
             self.owned = s.owned_partitions(n_orders)
-            txn_id = transactional_id_for(SOURCE, self.orders, self.owned)
-            # slot 0 keeps the id of a single-producer instance
-            txn_ids = [txn_id] + [f"{txn_id}+{k}" for k in range(1, s.matching_transactional_ids)]
+            txn_ids = transactional_ids_for(
+                SOURCE, self.orders, self.owned, s.matching_transactional_ids
+            )
             log.info(
                 "instance %d of %d: partitions %s, transactional ids %s",
                 s.matching_instance,

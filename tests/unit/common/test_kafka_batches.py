@@ -12,7 +12,12 @@ from services.common.deadletter import (
     dead_letter_key,
 )
 from services.common.envelope import encode, make
-from services.common.kafka import decode_batch, make_consumer, transactional_id_for
+from services.common.kafka import (
+    decode_batch,
+    make_consumer,
+    transactional_id_for,
+    transactional_ids_for,
+)
 
 from .samples import LANE_KEY
 
@@ -99,6 +104,17 @@ def test_transactional_id_names_the_partition_set():
     )
     with pytest.raises(ValueError):
         transactional_id_for("matching", "wlex.orders", [])
+
+
+def test_transactional_ids_start_with_the_single_producers_id():
+    assert transactional_ids_for("matching", "wlex.orders", [0, 2], 1) == [
+        "matching@wlex.orders#0,2"
+    ]
+    assert transactional_ids_for("matching", "wlex.orders", [0, 2], 3) == [
+        "matching@wlex.orders#0,2",
+        "matching@wlex.orders#0,2+1",
+        "matching@wlex.orders#0,2+2",
+    ]
 
 
 async def test_consumer_takes_topics_or_partitions_not_both():
