@@ -261,6 +261,7 @@ async def run_passthrough(
         gather_poll_ms=MatchingSettings().matching_gather_poll_ms,
         producers=MatchingSettings().matching_transactional_ids,
         transactions_in_flight=MatchingSettings().matching_transactions_in_flight,
+        early_begin=MatchingSettings().matching_early_begin,
         on_start=on_start,
         on_commit=on_commit,
     )

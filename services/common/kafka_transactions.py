@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
+from aiokafka.structs import TopicPartition
 
 from services.common import schemas
 from services.common.kafka import (
@@ -53,6 +55,52 @@ def set_add_partitions_backoff(seconds: float) -> None:
     if not hasattr(sender, "BACKOFF_OVERRIDE"):  # a newer aiokafka: look again
         raise RuntimeError("aiokafka.producer.sender.BACKOFF_OVERRIDE is gone")
     sender.BACKOFF_OVERRIDE = seconds
+
+
+class _EarlyGroupTransactionManager(TransactionManager):
+    """aiokafka's TransactionManager, plus a consumer group that joins the open
+    transaction before its offsets are known (AddOffsetsToTxn names only the group;
+    aiokafka sends it only once send_offsets_to_transaction() has the offsets)."""
+
+    early_group: str | None = None
+
+    def begin_transaction(self):
+        self.early_group = None
+        super().begin_transaction()
+
+    def consumer_group_to_add(self):
+        group = super().consumer_group_to_add()
+        if group is None and self._txn_consumer_group is None and self.is_in_transaction():
+            return self.early_group
+        return group
+
+
+async def begin_early(
+    producer: AIOKafkaProducer, partitions: Iterable[TopicPartition], group_id: str
+) -> None:
+    """Opens producer's next transaction now, unless one is open, and adds partitions
+    and group_id to it: the AddPartitionsToTxn and AddOffsetsToTxn round trips then run
+    while the batch is still being gathered, instead of before its first record and
+    its offsets can go out. Call it again as more partitions become known; a partition
+    that is never written gets an empty commit marker, so add only likely ones.
+
+    The transaction must be committed soon (commit_in_transaction takes it over): the
+    coordinator aborts one left open for transaction_timeout_ms, which fences the
+    producer. Records and offset commits are not sent here, so batch order (Prior)
+    is untouched: registering with the coordinator writes nothing to the partitions.
+    """
+    txn = producer._txn_manager
+    if type(txn) is TransactionManager:
+        txn.__class__ = _EarlyGroupTransactionManager
+    if txn.state is TransactionState.READY:
+        await producer.begin_transaction()
+    elif txn.state is not TransactionState.IN_TRANSACTION:
+        return  # committing, aborting or failed: commit_in_transaction sees to it
+    for tp in partitions:
+        txn.maybe_add_partition_to_txn(tp)
+    if txn.early_group is None:
+        txn.early_group = group_id
+        txn.notify_task_waiter()
 
 
 class TransactionAborted(Exception):
@@ -133,15 +181,22 @@ async def commit_in_transaction(
     (on another transactional id). This one then sends nothing until that one is
     `sent`, and commits only once that one has committed; if it fails, this one aborts.
     sent is set once this transaction's records are acknowledged and its offsets
-    added: the point from which the next batch's transaction may send.
+    added: the point from which the next batch's transaction may send. A transaction
+    that begin_early opened on producer is taken over.
 
     On failure the transaction is aborted, the consumer rewound to the batch's start and
     TransactionAborted raised; the producer should then be replaced (see
     run_transactional). ProducerFenced (a twin took our transactional id) and a failed
     abort are raised as they are: the producer is unusable and the process should stop.
     """
-    await producer.begin_transaction()
     try:
+        state = producer._txn_manager.state
+        if state is TransactionState.ABORTABLE_ERROR:
+            # What begin_early opened failed (the coordinator refused a partition or
+            # the group): abort it, below.
+            raise KafkaError("the transaction begun early failed")
+        if state is not TransactionState.IN_TRANSACTION:
+            await producer.begin_transaction()
         if after is not None:
             await after.wait_sent()
         futures = await send_outputs()

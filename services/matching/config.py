@@ -66,6 +66,10 @@ class MatchingSettings(Settings):
     # transaction starts once this one's records are acknowledged and its offsets
     # added, while this one's EndTxn is in flight.
     matching_transactions_in_flight: int = 2
+    # Open a batch's transaction, with its partitions and the consumer group added,
+    # while the batch is still gathered (pipeline.Pipeline.early_begin): its sends
+    # then take one round trip instead of three.
+    matching_early_begin: bool = True
 
     # Snapshots: per partition, after this many commands or this many seconds with at
     # least one command, whichever comes first. 0 disables the trigger.

@@ -174,6 +174,7 @@ class MatchingService:
                 gather_poll_ms=s.matching_gather_poll_ms,
                 producers=s.matching_transactional_ids,
                 transactions_in_flight=s.matching_transactions_in_flight,
+                early_begin=s.matching_early_begin,
                 on_start=on_start,
                 on_commit=self.on_commit,
                 on_abort=self.on_abort,

@@ -11,12 +11,14 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError
+from aiokafka.producer.sender import AddOffsetsToTxnHandler
 
 from loadtests import workloads
 from services.common.envelope import encode
 from services.common.kafka import make_producer
 from services.common.topics import create_topics
+from services.matching import pipeline
 from services.matching.config import MatchingSettings
 from services.matching.service import MatchingService
 
@@ -195,6 +197,79 @@ async def test_a_commit_failing_after_the_next_batch_sent_gives_the_clean_run(
     assert aborted >= 1
     # The group's offsets are the last batch's, though two transactions' offset commits
     # overlapped: a restart would resume exactly at the end.
+    assert await committed_offsets(kafka_bootstrap, service.group_id, orders) == {
+        p: n for p, n in end.items() if n
+    }
+    market = await read_partitions(kafka_bootstrap, topic_prefix + "market")
+    want = clean_run(await read_partitions(kafka_bootstrap, orders))
+    assert market == want, first_difference(market, want)
+
+
+@pytest.mark.parametrize("refused", ["answer", "while_gathering"])
+async def test_a_transaction_begun_early_and_refused_gives_the_clean_run(
+    kafka_bootstrap, topic_prefix, monkeypatch, refused
+):
+    """With matching_early_begin, a batch's transaction is opened, and the group added
+    to it, while the batch is still gathered. The coordinator refuses one such
+    transaction (GROUP_AUTHORIZATION_FAILED, as for a group the producer may not
+    write), either on the early AddOffsetsToTxn's answer, wherever the batch then is,
+    or while the batch is still being gathered, so that more of it arrives for a
+    transaction that has failed. That batch aborts and is redone, market still equals
+    the clean run, and the group's offsets end at the log's end."""
+    await create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
+    orders = topic_prefix + "orders"
+    early: list[bool] = []  # per AddOffsetsToTxn: sent before its offsets were given
+    injected: dict[str, int] = {}
+    real_create = AddOffsetsToTxnHandler.create_request
+    real_handle = AddOffsetsToTxnHandler.handle_response
+    real_begin_early = pipeline.begin_early
+
+    def create_request(self):
+        early.append(not self._sender._txn_manager._pending_txn_offsets)
+        return real_create(self)
+
+    def handle_response(self, resp):
+        if refused == "answer" and "at" not in injected and early.count(True) >= 5:
+            if early[-1]:
+                injected["at"] = len(early)
+                # What aiokafka's handler does with GROUP_AUTHORIZATION_FAILED.
+                self._sender._txn_manager.error_transaction(
+                    GroupAuthorizationFailedError(self._group_id)
+                )
+                return None
+        return real_handle(self, resp)
+
+    calls = {"begin_early": 0}
+
+    async def begin_early(producer, partitions, group_id):
+        await real_begin_early(producer, partitions, group_id)
+        calls["begin_early"] += 1
+        if refused == "while_gathering" and "at" not in injected and calls["begin_early"] >= 20:
+            injected["at"] = calls["begin_early"]
+            producer._txn_manager.error_transaction(GroupAuthorizationFailedError(group_id))
+            # More of the batch arrives for the failed transaction.
+            await real_begin_early(producer, partitions, group_id)
+
+    monkeypatch.setattr(AddOffsetsToTxnHandler, "create_request", create_request)
+    monkeypatch.setattr(AddOffsetsToTxnHandler, "handle_response", handle_response)
+    monkeypatch.setattr(pipeline, "begin_early", begin_early)
+    service = MatchingService(
+        MatchingSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            matching_tick_interval_ms=0,
+            matching_snapshot_every_commands=400,
+            matching_batch_records_max=300,
+        )
+    )
+    assert service.settings.matching_early_begin  # the path under test
+    aborted_before = service.metrics.transactions.labels("aborted")._value.get()
+    end = await run_streamed(service, kafka_bootstrap, orders, seed=47)
+
+    assert "at" in injected, f"too few early transactions: {early}"
+    assert early.count(True) >= 5  # groups were added before their offsets were known
+    aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
+    assert aborted >= 1
     assert await committed_offsets(kafka_bootstrap, service.group_id, orders) == {
         p: n for p, n in end.items() if n
     }
