@@ -16,7 +16,8 @@ client on uvloop, so that the measuring side costs as little CPU as possible: on
 The fan-out part (`--ws-carriers`, 1,000 by default; `--ws-only` skips the POST part):
 that many carriers hold a WebSocket each on /v1/stream, each subscribed to one of
 `--ws-lanes` lanes; `--ws-rate` market events a second (open-auction bid.accepted, some
-load.rested) are produced into `market` for `--ws-duration` seconds, and each client
+load.rested) are produced into `market` for `--ws-duration` seconds, after
+`--ws-warmup` seconds of the same traffic that are not measured, and each client
 records the delay from the event's envelope ts (set when its 10 ms step is produced,
 without linger) to its receipt. ws_p99_ms is the 99th percentile of those delays over
 every delivery; ws_deliveries_per_s is what the gateway wrote to sockets (events x
@@ -299,7 +300,8 @@ class _Carrier(asyncio.Protocol):
 
 async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
     """Connects every (key, lane), subscribes, says "ready" on stdout, records the
-    delay of every event frame until "stop" comes on stdin; returns the delays."""
+    delay of every event frame until "stop" comes on stdin; returns the delays. On
+    "reset" (after a warm-up) it forgets the delays so far and answers "reset"."""
     loop = asyncio.get_running_loop()
     state: dict = {"delays_ms": [], "other": 0}
     opened = asyncio.Semaphore(50)  # connects at a time: no SYN flood of the backlog
@@ -316,7 +318,10 @@ async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
         clients = await asyncio.gather(*(one(k, lane) for k, lane in carriers))
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    await loop.run_in_executor(None, sys.stdin.readline)
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "reset":
+        state["delays_ms"].clear()  # the same list: the protocols append to it
+        sys.stdout.write("reset\n")
+        sys.stdout.flush()
     dropped = sum(1 for c in clients if c.closed.done())  # before we close any
     for c in clients:
         c.transport.close()
@@ -393,7 +398,10 @@ async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: fl
 
 def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str, topic: str,
                 lanes: list[str], rate: float, duration_s: float, procs: int,
-                state_dir: Path | None = None) -> dict:  # fmt: skip
+                state_dir: Path | None = None, warmup_s: float = 0.0) -> dict:  # fmt: skip
+    """The fan-out measure: after warmup_s of the same traffic, unmeasured (a broker
+    just started compiles its fetch and produce paths under load for a minute or
+    more), duration_s measured."""
     env = dict(env, WLEX_GATEWAY_STREAM_CONNECTIONS_MAX=str(len(carriers) + 100))
     server = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -414,6 +422,15 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
             if line.strip() != "ready":
                 raise RuntimeError(f"a client process did not connect: {line!r}")
         connect_s = time.monotonic() - connect_started
+        if warmup_s > 0:
+            asyncio.run(_produce_market(bootstrap, topic, lanes, rate, warmup_s))
+            time.sleep(2.0)  # let the last frames arrive
+            for c in clients:
+                c.stdin.write("reset\n")
+                c.stdin.flush()
+                if c.stdout.readline().strip() != "reset":
+                    raise RuntimeError("a client process did not reset")
+        lag_before = _lag_buckets(port)
         proc = psutil.Process(server.pid)
         cpu_before = proc.cpu_times()
         # The measuring side's CPU too: the clients and the producer share the cores
@@ -434,7 +451,7 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         cpu_s = (cpu.user - cpu_before.user) + (cpu.system - cpu_before.system)
         clients_cpu = _cpu_s(measuring[:-1])
         producer_cpu = _cpu_s(measuring[-1:])
-        hub_lag = _hub_lag(port)
+        hub_lag = _hub_lag(lag_before, _lag_buckets(port))
         results = []
         for c in clients:
             out, _ = c.communicate("stop\n", timeout=120)
@@ -459,6 +476,7 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
     return {
         "carriers": sum(r["connected"] for r in results),
         "connect_s": round(connect_s, 2),
+        "warmup_s": warmup_s,
         "events_produced": produced,
         "events_per_s": round(produced / duration_s, 1),
         "deliveries": len(delays),
@@ -482,9 +500,8 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
     }
 
 
-def _hub_lag(port: int) -> dict:
-    """p50 / p99 of wlex_gateway_stream_event_lag_seconds as the upper bound of the
-    histogram bucket they fall in, in ms."""
+def _lag_buckets(port: int) -> list[tuple[float, float]]:
+    """The gateway's wlex_gateway_stream_event_lag_seconds buckets: (le, count)."""
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -493,6 +510,14 @@ def _hub_lag(port: int) -> dict:
         if line.startswith("wlex_gateway_stream_event_lag_seconds_bucket"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return buckets
+
+
+def _hub_lag(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict:
+    """p50 / p99 of the lag histogram's growth from before to after, as the upper bound
+    of the bucket they fall in, in ms."""
+    counted = dict(before)
+    buckets = [(le, count - counted.get(le, 0.0)) for le, count in after]
     total = buckets[-1][1] if buckets else 0.0
 
     def bound(q: float) -> float | None:
@@ -729,6 +754,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ws-carriers", type=int, default=1000)
     parser.add_argument("--ws-rate", type=float, default=2000.0, help="market events a second")
     parser.add_argument("--ws-duration", type=float, default=20.0)
+    parser.add_argument("--ws-warmup", type=float, default=30.0,
+                        help="seconds of the same traffic before the measure")  # fmt: skip
     parser.add_argument("--ws-lanes", type=int, default=200, help="each carrier follows one")
     parser.add_argument("--ws-procs", type=int, default=2, help="client processes")
     parser.add_argument("--ws-only", action="store_true", help="skip the POST /v1/loads part")
@@ -781,7 +808,8 @@ def main(argv: list[str] | None = None) -> dict:
             lanes = [_lane(i) for i in range(args.ws_lanes)]
             carriers = asyncio.run(_carriers(database_url, schema, args.ws_carriers, lanes))
             ws = _measure_ws(env, port, carriers, bootstrap, prefix + "market", lanes,
-                             args.ws_rate, args.ws_duration, args.ws_procs, state_dir)  # fmt: skip
+                             args.ws_rate, args.ws_duration, args.ws_procs, state_dir,
+                             args.ws_warmup)  # fmt: skip
         loads = asyncio.run(_count(database_url, schema))
     finally:
         if stack is not None:

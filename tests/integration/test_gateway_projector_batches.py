@@ -187,3 +187,45 @@ async def test_parked_events_wait_across_batches_and_count_down(database_url):
         again = Projector(pool)  # a restart counts the table
         await again.start()
         assert again.subjects == projector.subjects and again.parked == 7
+
+
+async def test_without_the_unpark_check_an_event_waits_behind_its_parked_subject(database_url):
+    """apply(unpark=False) (the service checks parked events every parked_retry_s, not
+    every batch): once X1's row exists, a newer bid on X1 does not overtake the parked
+    ones; it is parked behind them, and the next check applies all of them in order."""
+    async with schema_pool(database_url, max_size=2) as (_, pool):
+        await db.migrate(pool, "gateway")
+        async with pool.acquire() as conn:
+            p, _ = await create_participant(conn, "shipper", "s", 0)
+            await _insert_load(conn, _load_row("X2", p["participant_id"]))
+        projector = Projector(pool)
+        await projector.start()
+        now = time.time_ns() // 1_000_000
+        await projector.apply([_bid(n, "X1", now + n) for n in range(3)])
+        assert projector.parked == 3
+        async with pool.acquire() as conn:
+            await _insert_load(conn, _load_row("X1", p["participant_id"]))
+
+        # X1 exists now, but without the check: the newer bid parks behind the three;
+        # a bid on X2, which has nothing parked, applies.
+        assert await projector.apply(
+            [_bid(3, "X1", now + 3), _bid(4, "X2", now + 4)], unpark=False
+        ) == {"X2"}
+        assert projector.parked == 4
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM bid WHERE load_id = 'X1'") == 0
+
+        assert await projector.apply([]) == {"X1"}
+        assert projector.parked == 0
+        async with pool.acquire() as conn:
+            placed = await conn.fetch(
+                "SELECT bid_id FROM bid WHERE load_id = 'X1' ORDER BY placed_ms, bid_id"
+            )
+            events = await conn.fetch(
+                "SELECT event_id FROM load_event WHERE load_id = 'X1' ORDER BY seq"
+            )
+        assert [r["bid_id"] for r in placed] == ["b0", "b1", "b2", "b3"]
+        # The load's log in log order: the parked three, then the one parked behind.
+        assert len(events) == 4 and [r["event_id"] for r in events] == sorted(
+            r["event_id"] for r in events
+        )
