@@ -137,6 +137,9 @@ class Projector:
         self.parked = 0  # rows in projection_parked as far as we know; checked at start
         # (kind, subject) -> parked rows; None: too many to keep, scan the table.
         self.subjects: dict[tuple[str, str], int] | None = {}
+        # The same counts by subject alone, over every kind: what a new event must not
+        # overtake between two checks (apply(unpark=False)).
+        self._waiting: dict[str, int] = {}
         self.statements = 0  # of the last apply(), for tests and the benchmark
 
     async def start(self) -> None:
@@ -147,12 +150,15 @@ class Projector:
             "SELECT kind, subject, count(*) FROM projection_parked GROUP BY kind, subject LIMIT $1",
             PARKED_SUBJECTS_MAX + 1,
         )
+        self._waiting = {}
         if len(rows) > PARKED_SUBJECTS_MAX:
             self.subjects = None
             self.parked = await conn.fetchval("SELECT count(*) FROM projection_parked")
         else:
             self.subjects = {(k, s): n for k, s, n in rows}
             self.parked = sum(self.subjects.values())
+            for (_, subject), n in self.subjects.items():
+                self._waiting[subject] = self._waiting.get(subject, 0) + n
 
     async def apply(self, envelopes: list[dict[str, Any]], unpark: bool = True) -> set[str]:
         """One transaction: parked events whose rows now exist, then envelopes (those
@@ -196,7 +202,7 @@ class Projector:
                     continue
                 folds.append((env, fold))
             await writes.learn(need for _, fold in folds for need in fold.needs)
-            waiting = {s for _, s in self.subjects} if self.parked and not unpark else set()
+            waiting = self._waiting if self.parked and not unpark else {}
             for env, fold in folds:
                 behind = next((n for n in fold.needs if n[1] in waiting), None)
                 if behind is not None or not writes.needs_met(fold):
@@ -237,8 +243,14 @@ class Projector:
                 self.subjects[key] = n
             else:
                 self.subjects.pop(key, None)
+            n = self._waiting.get(key[1], 0) + delta
+            if n > 0:
+                self._waiting[key[1]] = n
+            else:
+                self._waiting.pop(key[1], None)
         if len(self.subjects) > PARKED_SUBJECTS_MAX:
             self.subjects = None
+            self._waiting = {}
 
     async def _unpark(
         self, conn: asyncpg.Connection, writes: BatchWrites, unparked: list[tuple[str, str]]

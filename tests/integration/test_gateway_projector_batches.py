@@ -187,6 +187,8 @@ async def test_parked_events_wait_across_batches_and_count_down(database_url):
         again = Projector(pool)  # a restart counts the table
         await again.start()
         assert again.subjects == projector.subjects and again.parked == 7
+        # The counts by subject alone (what apply(unpark=False) parks behind) agree too.
+        assert again._waiting == projector._waiting == {"X0": 3, "X2": 3, "L9": 1}
 
 
 async def test_without_the_unpark_check_an_event_waits_behind_its_parked_subject(database_url):
