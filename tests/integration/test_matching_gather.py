@@ -113,6 +113,41 @@ async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[i
         await consumer.stop()
 
 
+def two_in_flight(kafka_bootstrap: str, topic_prefix: str) -> MatchingService:
+    """The service with its default transactions (two in flight, begun early), small
+    batches and snapshots, and no clock ticks: the input log is what the test wrote."""
+    return MatchingService(
+        MatchingSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            matching_tick_interval_ms=0,
+            matching_snapshot_every_commands=400,
+            matching_batch_records_max=300,
+        )
+    )
+
+
+async def assert_redone(
+    service: MatchingService,
+    aborted_before: float,
+    end: dict[int, int],
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    """At least one transaction aborted, and still: the group's offsets are the log's
+    end (though transactions' offset commits overlapped, a restart would resume exactly
+    there), and market equals a clean Engine run over orders."""
+    aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
+    assert aborted >= 1
+    orders = topic_prefix + "orders"
+    assert await committed_offsets(kafka_bootstrap, service.group_id, orders) == {
+        p: n for p, n in end.items() if n
+    }
+    market = await read_partitions(kafka_bootstrap, topic_prefix + "market")
+    want = clean_run(await read_partitions(kafka_bootstrap, orders))
+    assert market == want, first_difference(market, want)
+
+
 async def test_streamed_commands_gathered_in_pieces_give_the_clean_run(
     kafka_bootstrap, topic_prefix
 ):
@@ -179,30 +214,13 @@ async def test_a_commit_failing_after_the_next_batch_sent_gives_the_clean_run(
 
     monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", commit_transaction)
     monkeypatch.setattr(AIOKafkaProducer, "send_batch", send_batch)
-    service = MatchingService(
-        MatchingSettings(
-            kafka_bootstrap=kafka_bootstrap,
-            topic_prefix=topic_prefix,
-            matching_tick_interval_ms=0,
-            matching_snapshot_every_commands=400,
-            matching_batch_records_max=300,
-        )
-    )
+    service = two_in_flight(kafka_bootstrap, topic_prefix)
     assert service.settings.matching_transactions_in_flight == 2  # the path under test
     aborted_before = service.metrics.transactions.labels("aborted")._value.get()
     end = await run_streamed(service, kafka_bootstrap, orders, seed=43)
 
     assert "failed" in injected, "no commit overlapped by the next transaction"
-    aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
-    assert aborted >= 1
-    # The group's offsets are the last batch's, though two transactions' offset commits
-    # overlapped: a restart would resume exactly at the end.
-    assert await committed_offsets(kafka_bootstrap, service.group_id, orders) == {
-        p: n for p, n in end.items() if n
-    }
-    market = await read_partitions(kafka_bootstrap, topic_prefix + "market")
-    want = clean_run(await read_partitions(kafka_bootstrap, orders))
-    assert market == want, first_difference(market, want)
+    await assert_redone(service, aborted_before, end, kafka_bootstrap, topic_prefix)
 
 
 @pytest.mark.parametrize("refused", ["answer", "while_gathering"])
@@ -253,26 +271,11 @@ async def test_a_transaction_begun_early_and_refused_gives_the_clean_run(
     monkeypatch.setattr(AddOffsetsToTxnHandler, "create_request", create_request)
     monkeypatch.setattr(AddOffsetsToTxnHandler, "handle_response", handle_response)
     monkeypatch.setattr(pipeline, "begin_early", begin_early)
-    service = MatchingService(
-        MatchingSettings(
-            kafka_bootstrap=kafka_bootstrap,
-            topic_prefix=topic_prefix,
-            matching_tick_interval_ms=0,
-            matching_snapshot_every_commands=400,
-            matching_batch_records_max=300,
-        )
-    )
+    service = two_in_flight(kafka_bootstrap, topic_prefix)
     assert service.settings.matching_early_begin  # the path under test
     aborted_before = service.metrics.transactions.labels("aborted")._value.get()
     end = await run_streamed(service, kafka_bootstrap, orders, seed=47)
 
     assert "at" in injected, f"too few early transactions: {early}"
     assert early.count(True) >= 5  # groups were added before their offsets were known
-    aborted = service.metrics.transactions.labels("aborted")._value.get() - aborted_before
-    assert aborted >= 1
-    assert await committed_offsets(kafka_bootstrap, service.group_id, orders) == {
-        p: n for p, n in end.items() if n
-    }
-    market = await read_partitions(kafka_bootstrap, topic_prefix + "market")
-    want = clean_run(await read_partitions(kafka_bootstrap, orders))
-    assert market == want, first_difference(market, want)
+    await assert_redone(service, aborted_before, end, kafka_bootstrap, topic_prefix)
