@@ -15,9 +15,11 @@ client on uvloop, so that the measuring side costs as little CPU as possible: on
 
 The fan-out part (`--ws-carriers`, 1,000 by default; `--ws-only` skips the POST part):
 that many carriers hold a WebSocket each on /v1/stream, each subscribed to one of
-`--ws-lanes` lanes; `--ws-rate` market events a second (open-auction bid.accepted, some
-load.rested) are produced into `market` for `--ws-duration` seconds, after
-`--ws-warmup` seconds of the same traffic that are not measured, and each client
+`--ws-lanes` lanes; `--ws-rate` market events a second (bids on open auctions, and
+every 20th a market load coming to rest) are produced into `market` for
+`--ws-duration` seconds, after `--ws-warmup` seconds of the same traffic that are not
+measured. The loads they are about are in the gateway's tables first, as POST would have left them, so the
+read-model projector applies each event as it would in a real market; and each client
 records the delay from the event's envelope ts (set when its 10 ms step is produced,
 without linger) to its receipt. ws_p99_ms is the 99th percentile of those delays over
 every delivery; ws_deliveries_per_s is what the gateway wrote to sockets (events x
@@ -33,7 +35,7 @@ share of the delay from the sockets'.
 
 `--projector` runs only the read-model projector (Projector.apply, no Kafka, no HTTP)
 on bursts of auction.opened and bid.accepted, with their loads in the table and without
-(every event parked, as in the fan-out run), and prints events/s, CPU per event and
+(every event parked, as in fan-out runs before 2026-11-28 12:00), and prints events/s, CPU per event and
 statements per batch; it writes no result file.
 
 Uses WLEX_KAFKA_BOOTSTRAP / WLEX_DATABASE_URL when set, else starts a local stack in a
@@ -283,7 +285,9 @@ class _Carrier(asyncio.Protocol):
                     stop = at
                     while 48 <= buf[stop] <= 57:
                         stop += 1
-                    delays.append(round(now_ms - int(buf[at:stop]), 1))
+                    ts = int(buf[at:stop])
+                    delays.append(round(now_ms - ts, 1))
+                    state["ts_ms"].append(ts)
                 elif not self.subscribed.done() and b'"subscribed"' in buf[start:pos]:
                     self.subscribed.set_result(None)
                 else:
@@ -303,7 +307,7 @@ async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
     delay of every event frame until "stop" comes on stdin; returns the delays. On
     "reset" (after a warm-up) it forgets the delays so far and answers "reset"."""
     loop = asyncio.get_running_loop()
-    state: dict = {"delays_ms": [], "other": 0}
+    state: dict = {"delays_ms": [], "ts_ms": [], "other": 0}
     opened = asyncio.Semaphore(50)  # connects at a time: no SYN flood of the backlog
 
     async def one(key: str, lane: str) -> _Carrier:
@@ -319,14 +323,15 @@ async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "reset":
-        state["delays_ms"].clear()  # the same list: the protocols append to it
+        state["delays_ms"].clear()  # the same lists: the protocols append to them
+        state["ts_ms"].clear()
         sys.stdout.write("reset\n")
         sys.stdout.flush()
     dropped = sum(1 for c in clients if c.closed.done())  # before we close any
     for c in clients:
         c.transport.close()
     delays = state["delays_ms"]
-    return {"delays_ms": delays, "frames": {"events": len(delays), "other": state["other"]},
+    return {"delays_ms": delays, "ts_ms": state["ts_ms"], "frames": {"events": len(delays), "other": state["other"]},
             "connected": len(clients), "closed_by_server": dropped}  # fmt: skip
 
 
@@ -340,9 +345,73 @@ def ws_drive_main(args: list[str]) -> None:
     sys.stdout.write(json.dumps(result))
 
 
+AUCTION_LOADS = 997  # open auctions the fan-out's bids go to
+RESTED_EVERY = 20  # every 20th market event rests a new market load
+
+
+def _market_event(i: int, lanes: list[str]) -> tuple[str, str, dict[str, Any]]:
+    """The fan-out's i-th market event: (lane, type, data). Every RESTED_EVERY-th rests
+    the market load r<n> (n = i // RESTED_EVERY); the others are bids on the open
+    auction a<k> (k = i % AUCTION_LOADS). A load keeps its lane: r<n> and a<k> are on
+    lanes[n % L] and lanes[k % L], as `_market_loads` writes them."""
+    if i % RESTED_EVERY == 0:
+        n = i // RESTED_EVERY
+        return lanes[n % len(lanes)], "load.rested", {"load_id": f"r{n}"}
+    k = i % AUCTION_LOADS
+    price = 400_000 - i % 1000
+    data = {"bid_id": f"b{i}", "load_id": f"a{k}", "carrier_id": "bench-bidder",
+            "price_fen": price, "best_fen": price}  # fmt: skip
+    return lanes[k % len(lanes)], "bid.accepted", data
+
+
+async def _market_loads(database_url: str, schema: str, lanes: list[str], rested: int) -> None:
+    """The loads the fan-out's events are about, as the gateway's POST would have written
+    them: AUCTION_LOADS auctions, open, and `rested` market loads, requested. Without
+    them every event of the run would park in the read-model projector waiting for a
+    load that never comes, which no real stream does (every load is posted here)."""
+    from services.common import db
+    from services.gateway import registry
+
+    now = time.time_ns() // 1_000_000
+    pool = await db.create_pool(database_url, schema=schema, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            shipper, _ = await registry.create(conn, "shipper", "bench fan-out shipper", now)
+            sid = shipper["participant_id"]
+            rows = []
+            for kind, n in (("a", AUCTION_LOADS), ("r", rested)):
+                for j in range(n):
+                    origin, destination, vehicle_class = lanes[j % len(lanes)].split(">")
+                    data = {
+                        "load_id": f"{kind}{j}", "shipper_id": sid,
+                        "lane": {"origin": origin, "destination": destination,
+                                 "vehicle_class": vehicle_class},
+                        "weight_kg": 3000, "volume_dm3": 12000,
+                        "cargo_category": "building-materials",
+                        "pickup_from": now + HOUR_MS, "pickup_to": now + 5 * HOUR_MS,
+                    }  # fmt: skip
+                    if kind == "a":
+                        data |= {"mode": "auction", "auction": {
+                            "closes_at": now + HOUR_MS, "reserve_fen": 450_000,
+                            "instant_fen": None, "sealed": False}}  # fmt: skip
+                    else:
+                        data |= {"mode": "market", "limit_fen": 400_000}
+                    rows.append((f"{kind}{j}", sid, "open" if kind == "a" else "requested",
+                                 origin, destination, vehicle_class, f"c-{kind}{j}",
+                                 orjson.dumps(data).decode(), now))  # fmt: skip
+            await conn.copy_records_to_table(
+                "load", records=rows, schema_name=schema,
+                columns=["load_id", "shipper_id", "status", "origin", "destination",
+                         "vehicle_class", "command_id", "data", "requested_ms"],
+            )  # fmt: skip
+    finally:
+        await db.close_pool(pool)
+
+
 async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: float,
-                          duration_s: float) -> int:  # fmt: skip
-    """rate events a second for duration_s, in 10 ms steps; returns how many.
+                          duration_s: float, first: int = 0) -> int:  # fmt: skip
+    """rate events a second for duration_s, in 10 ms steps, the events _market_event
+    numbers first, first + 1, ...; returns how many.
 
     Each step's events go out as one BatchBuilder per partition (placed by the default
     partitioner, so a lane stays on one partition) with no linger: an event's ts is
@@ -368,15 +437,8 @@ async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: fl
             batches: dict[int, Any] = {}
             now_ms = time.time_ns() // 1_000_000
             for _ in range(max(0, due)):
-                lane = lanes[sent % len(lanes)]
-                if sent % 20 == 0:
-                    event = make("load.rested", {"load_id": f"bench-{sent}"}, lane, "matching",
-                                 now_ms)  # fmt: skip
-                else:
-                    price = 400_000 - sent % 1000
-                    event = make("bid.accepted", {"bid_id": f"b{sent}", "load_id": f"l{sent % 997}",
-                                                  "carrier_id": "bench-bidder", "price_fen": price,
-                                                  "best_fen": price}, lane, "matching", now_ms)  # fmt: skip
+                lane, type_, data = _market_event(first + sent, lanes)
+                event = make(type_, data, lane, "matching", now_ms)
                 p = place[lane]
                 builder = batches.get(p)
                 if builder is None:
@@ -422,15 +484,16 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
             if line.strip() != "ready":
                 raise RuntimeError(f"a client process did not connect: {line!r}")
         connect_s = time.monotonic() - connect_started
+        first = 0
         if warmup_s > 0:
-            asyncio.run(_produce_market(bootstrap, topic, lanes, rate, warmup_s))
+            first = asyncio.run(_produce_market(bootstrap, topic, lanes, rate, warmup_s))
             time.sleep(2.0)  # let the last frames arrive
             for c in clients:
                 c.stdin.write("reset\n")
                 c.stdin.flush()
                 if c.stdout.readline().strip() != "reset":
                     raise RuntimeError("a client process did not reset")
-        lag_before = _lag_buckets(port)
+        lag_before, projected_before = _lag_buckets(port), _projected(port)
         proc = psutil.Process(server.pid)
         cpu_before = proc.cpu_times()
         # The measuring side's CPU too: the clients and the producer share the cores
@@ -439,7 +502,7 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         measuring_before = _cpu_s(measuring)
         # PostgreSQL and Kafka share the cores too (a stack of this run only).
         stack_before = {n: _cpu_s(ps) for n, ps in _stack_processes(state_dir).items()}
-        produced = asyncio.run(_produce_market(bootstrap, topic, lanes, rate, duration_s))
+        produced = asyncio.run(_produce_market(bootstrap, topic, lanes, rate, duration_s, first))
         time.sleep(2.0)  # let the last frames arrive
         stack_after = {n: _cpu_s(ps) for n, ps in _stack_processes(state_dir).items()}
         stack_cpu = {
@@ -452,6 +515,7 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         clients_cpu = _cpu_s(measuring[:-1])
         producer_cpu = _cpu_s(measuring[-1:])
         hub_lag = _hub_lag(lag_before, _lag_buckets(port))
+        projected = {k: int(n - projected_before.get(k, 0.0)) for k, n in _projected(port).items()}
         results = []
         for c in clients:
             out, _ = c.communicate("stop\n", timeout=120)
@@ -464,11 +528,21 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         for f in files:
             f.unlink(missing_ok=True)
     delays = sorted(d for r in results for d in r["delays_ms"])
+    # p99 of each second of the measure (by the events' ts): a tail made in one stall
+    # shows as one bad second, a loop that cannot keep up as a rising series.
+    by_second: dict[int, list[float]] = {}
+    t0 = min((min(r["ts_ms"]) for r in results if r["ts_ms"]), default=0)
+    for r in results:
+        for ts, d in zip(r["ts_ms"], r["delays_ms"], strict=True):
+            by_second.setdefault((ts - t0) // 1000, []).append(d)
+    p99_by_second = [round(sorted(v)[int(0.99 * len(v))], 1) for _, v in sorted(by_second.items())]
     per_lane = {}
     for _, lane in carriers:
         per_lane[lane] = per_lane.get(lane, 0) + 1
-    # Events on lane i go to the carriers subscribed to it (lanes taken round robin).
-    expected = sum(per_lane.get(lanes[i % len(lanes)], 0) for i in range(produced))
+    # An event goes to the carriers subscribed to its lane.
+    expected = sum(
+        per_lane.get(_market_event(i, lanes)[0], 0) for i in range(first, first + produced)
+    )
 
     def pct(q: float) -> float:
         return round(delays[min(len(delays) - 1, int(q * len(delays)))], 1) if delays else 0.0
@@ -483,6 +557,7 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         "deliveries_expected": expected,
         "deliveries_per_s": round(len(delays) / duration_s, 1),
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+        "p99_ms_by_second": p99_by_second,
         "server_cpu_s_per_s": round(cpu_s / (duration_s + 2.0), 3),
         "clients_cpu_s_per_s": round(
             _spent_s(measuring_before, clients_cpu) / (duration_s + 2.0), 3
@@ -496,21 +571,36 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         # From the event's ts to the hub's fan-out (queued to the sockets), by the
         # gateway's own histogram: what the gateway adds before the socket writes.
         "hub_lag_ms_at_most": hub_lag,
+        # The read-model projector's events of the measured part, by outcome: every
+        # event's load is in the tables, so none should park.
+        "projected": projected,
         "closed_by_server": sum(r.get("closed_by_server", 0) for r in results),
     }
 
 
-def _lag_buckets(port: int) -> list[tuple[float, float]]:
-    """The gateway's wlex_gateway_stream_event_lag_seconds buckets: (le, count)."""
+def _metric_samples(port: int, name: str) -> list[tuple[str, float]]:
+    """The gateway's samples of metric `name` from /metrics: (labels, value)."""
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    buckets = []
+    out = []
     for line in text.splitlines():
-        if line.startswith("wlex_gateway_stream_event_lag_seconds_bucket"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    return buckets
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) :].rsplit(" ", 1)
+            out.append((labels, float(value)))
+    return out
+
+
+def _lag_buckets(port: int) -> list[tuple[float, float]]:
+    """The gateway's wlex_gateway_stream_event_lag_seconds buckets: (le, count)."""
+    samples = _metric_samples(port, "wlex_gateway_stream_event_lag_seconds_bucket")
+    return [(float(labels.split('le="', 1)[1].split('"', 1)[0]), n) for labels, n in samples]
+
+
+def _projected(port: int) -> dict[str, float]:
+    """The read-model projector's events so far by outcome (applied, parked, ...)."""
+    samples = _metric_samples(port, "wlex_gateway_projection_events_total")
+    return {labels.split('outcome="', 1)[1].split('"', 1)[0]: n for labels, n in samples}
 
 
 def _hub_lag(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict:
@@ -554,9 +644,9 @@ async def _projector_burst(database_url: str, parked: bool, auctions: int = 200,
                            bids: int = 9, rounds: int = 5, batch: int = 500) -> dict:  # fmt: skip
     """The read-model projector alone (Projector.apply, no Kafka): `rounds` bursts of
     `auctions` auction.opened and `bids` bid.accepted each, in batches of `batch`, into
-    a new schema. parked: the loads are not in the gateway's table (the fan-out
-    benchmark's case: every event is parked, and the parked rows pile up), else they
-    are. Gives events/s, the projector's CPU per event and statements per batch."""
+    a new schema. parked: the loads are not in the gateway's table (every event is
+    parked, and the parked rows pile up; the fan-out measure's case until it wrote its
+    loads first), else they are. Gives events/s, the projector's CPU per event and statements per batch."""
 
     from services.common import db
     from services.common.envelope import make
@@ -814,6 +904,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.ws_carriers:
             lanes = [_lane(i) for i in range(args.ws_lanes)]
             carriers = asyncio.run(_carriers(database_url, schema, args.ws_carriers, lanes))
+            events = args.ws_rate * (args.ws_warmup + args.ws_duration + 5)
+            asyncio.run(_market_loads(database_url, schema, lanes, int(events) // RESTED_EVERY + 1))
             ws = _measure_ws(env, port, carriers, bootstrap, prefix + "market", lanes,
                              args.ws_rate, args.ws_duration, args.ws_procs, state_dir,
                              args.ws_warmup)  # fmt: skip
