@@ -17,11 +17,12 @@ The fan-out part (`--ws-carriers`, 1,000 by default; `--ws-only` skips the POST 
 that many carriers hold a WebSocket each on /v1/stream, each subscribed to one of
 `--ws-lanes` lanes; `--ws-rate` market events a second (bids on open auctions, and
 every 20th a market load coming to rest) are produced into `market` for
-`--ws-duration` seconds, after `--ws-warmup` seconds of the same traffic that are not
-measured. The loads they are about are in the gateway's tables first, as POST would have left them, so the
-read-model projector applies each event as it would in a real market; and each client
-records the delay from the event's envelope ts (set when its 10 ms step is produced,
-without linger) to its receipt. ws_p99_ms is the 99th percentile of those delays over
+`--ws-duration` seconds, after `--ws-warmup` seconds of the same traffic, in one
+stream, that are not measured. The loads they are about are in the gateway's tables
+first, as POST would have left them, so the read-model projector applies each event as
+it would in a real market; and each client records the delay from the event's
+envelope ts (set when its 10 ms step is produced, without linger) to its receipt, for
+the events whose ts falls in the measured part. ws_p99_ms is the 99th percentile of those delays over
 every delivery; ws_deliveries_per_s is what the gateway wrote to sockets (events x
 subscribers of their lane). The target is the gateway's delivery latency, so the
 measuring side must not be the bottleneck: the carriers are raw sockets on uvloop
@@ -54,6 +55,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -286,8 +288,9 @@ class _Carrier(asyncio.Protocol):
                     while 48 <= buf[stop] <= 57:
                         stop += 1
                     ts = int(buf[at:stop])
-                    delays.append(round(now_ms - ts, 1))
-                    state["ts_ms"].append(ts)
+                    if ts >= state["from_ms"]:
+                        delays.append(round(now_ms - ts, 1))
+                        state["ts_ms"].append(ts)
                 elif not self.subscribed.done() and b'"subscribed"' in buf[start:pos]:
                     self.subscribed.set_result(None)
                 else:
@@ -304,10 +307,10 @@ class _Carrier(asyncio.Protocol):
 
 async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
     """Connects every (key, lane), subscribes, says "ready" on stdout, records the
-    delay of every event frame until "stop" comes on stdin; returns the delays. On
-    "reset" (after a warm-up) it forgets the delays so far and answers "reset"."""
+    delay of every event frame whose ts is at least the one given by "from <ts ms>" on
+    stdin (answered "from"), until "stop" comes; returns the delays."""
     loop = asyncio.get_running_loop()
-    state: dict = {"delays_ms": [], "ts_ms": [], "other": 0}
+    state: dict = {"delays_ms": [], "ts_ms": [], "other": 0, "from_ms": 0}
     opened = asyncio.Semaphore(50)  # connects at a time: no SYN flood of the backlog
 
     async def one(key: str, lane: str) -> _Carrier:
@@ -322,10 +325,9 @@ async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
         clients = await asyncio.gather(*(one(k, lane) for k, lane in carriers))
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "reset":
-        state["delays_ms"].clear()  # the same lists: the protocols append to them
-        state["ts_ms"].clear()
-        sys.stdout.write("reset\n")
+    while (line := (await loop.run_in_executor(None, sys.stdin.readline)).split())[:1] == ["from"]:
+        state["from_ms"] = int(line[1])
+        sys.stdout.write("from\n")
         sys.stdout.flush()
     dropped = sum(1 for c in clients if c.closed.done())  # before we close any
     for c in clients:
@@ -409,9 +411,10 @@ async def _market_loads(database_url: str, schema: str, lanes: list[str], rested
 
 
 async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: float,
-                          duration_s: float, first: int = 0) -> int:  # fmt: skip
+                          duration_s: float, measure_from_ms: int = 0) -> tuple[int, int]:  # fmt: skip
     """rate events a second for duration_s, in 10 ms steps, the events _market_event
-    numbers first, first + 1, ...; returns how many.
+    numbers 0, 1, ...; returns how many, and the number of the first one whose ts is
+    measure_from_ms or later (the first of the measured part).
 
     Each step's events go out as one BatchBuilder per partition (placed by the default
     partitioner, so a lane stays on one partition) with no linger: an event's ts is
@@ -430,14 +433,17 @@ async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: fl
     loop = asyncio.get_running_loop()
     started = loop.time()
     sent = 0
+    first_measured = None
     pending: list = []
     try:
         while (elapsed := loop.time() - started) < duration_s:
             due = int(rate * elapsed) - sent
             batches: dict[int, Any] = {}
             now_ms = time.time_ns() // 1_000_000
+            if first_measured is None and now_ms >= measure_from_ms:
+                first_measured = sent
             for _ in range(max(0, due)):
-                lane, type_, data = _market_event(first + sent, lanes)
+                lane, type_, data = _market_event(sent, lanes)
                 event = make(type_, data, lane, "matching", now_ms)
                 p = place[lane]
                 builder = batches.get(p)
@@ -455,7 +461,7 @@ async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: fl
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return sent
+    return sent, sent if first_measured is None else first_measured
 
 
 def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str, topic: str,
@@ -484,15 +490,26 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
             if line.strip() != "ready":
                 raise RuntimeError(f"a client process did not connect: {line!r}")
         connect_s = time.monotonic() - connect_started
-        first = 0
-        if warmup_s > 0:
-            first = asyncio.run(_produce_market(bootstrap, topic, lanes, rate, warmup_s))
-            time.sleep(2.0)  # let the last frames arrive
-            for c in clients:
-                c.stdin.write("reset\n")
-                c.stdin.flush()
-                if c.stdout.readline().strip() != "reset":
-                    raise RuntimeError("a client process did not reset")
+        # One stream for the warm-up and the measure: stopping and starting the
+        # producer between them put a burst on a gateway idle for seconds at the
+        # start of the measure. The measured part is the events of ts measure_from_ms
+        # and later, for the clients and in the producer's count.
+        measure_from_ms = time.time_ns() // 1_000_000 + round(warmup_s * 1000)
+        for c in clients:
+            c.stdin.write(f"from {measure_from_ms}\n")
+            c.stdin.flush()
+            if c.stdout.readline().strip() != "from":
+                raise RuntimeError("a client process did not take the measure's start")
+        production: list[tuple[int, int]] = []
+        producer_thread = threading.Thread(
+            target=lambda: production.append(
+                asyncio.run(_produce_market(bootstrap, topic, lanes, rate,
+                                            warmup_s + duration_s, measure_from_ms))
+            ),
+            name="market producer",
+        )  # fmt: skip
+        producer_thread.start()
+        time.sleep(max(0.0, measure_from_ms / 1000 - time.time()))
         lag_before, projected_before = _lag_buckets(port), _projected(port)
         proc = psutil.Process(server.pid)
         cpu_before = proc.cpu_times()
@@ -502,7 +519,11 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         measuring_before = _cpu_s(measuring)
         # PostgreSQL and Kafka share the cores too (a stack of this run only).
         stack_before = {n: _cpu_s(ps) for n, ps in _stack_processes(state_dir).items()}
-        produced = asyncio.run(_produce_market(bootstrap, topic, lanes, rate, duration_s, first))
+        producer_thread.join()
+        if not production:
+            raise RuntimeError("the market producer failed (its traceback is above)")
+        sent, first = production[0]
+        produced = sent - first
         time.sleep(2.0)  # let the last frames arrive
         stack_after = {n: _cpu_s(ps) for n, ps in _stack_processes(state_dir).items()}
         stack_cpu = {
@@ -558,6 +579,7 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         "deliveries_per_s": round(len(delays) / duration_s, 1),
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
         "p99_ms_by_second": p99_by_second,
+        "first_ts_ms": t0,  # where the seconds of p99_ms_by_second count from
         "server_cpu_s_per_s": round(cpu_s / (duration_s + 2.0), 3),
         "clients_cpu_s_per_s": round(
             _spent_s(measuring_before, clients_cpu) / (duration_s + 2.0), 3
@@ -646,7 +668,8 @@ async def _projector_burst(database_url: str, parked: bool, auctions: int = 200,
     `auctions` auction.opened and `bids` bid.accepted each, in batches of `batch`, into
     a new schema. parked: the loads are not in the gateway's table (every event is
     parked, and the parked rows pile up; the fan-out measure's case until it wrote its
-    loads first), else they are. Gives events/s, the projector's CPU per event and statements per batch."""
+    loads first), else they are. Gives events/s, the projector's CPU per event and
+    statements per batch."""
 
     from services.common import db
     from services.common.envelope import make
