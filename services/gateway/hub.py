@@ -54,7 +54,12 @@ class StreamConfig(BaseSettings):
     replays_max: int = 4  # Kafka replays at once per process, each one consumer
     resume_timeout_s: float = 30.0  # a resume that cannot catch up in this is dropped
     connections_max: int = 2000  # sockets per process; beyond it close 1013
-    cursor_every_s: float = 5.0  # position frames, so a quiet filter keeps a fresh cursor
+    # A connection that has had no frame for this long while the market moved gets a
+    # cursor frame, so a quiet filter keeps a fresh cursor.
+    cursor_every_s: float = 5.0
+    # Cursor frames written per consumed batch at most: a whole quiet population due
+    # at once is spread over several batches rather than one long stretch of writes.
+    cursor_frames_per_batch: int = 100
     lookup_cache_max: int = 100_000  # loads and order owners kept in memory
     lookup_timeout_s: float = 2.0
     frame_chars_max: int = 16 * 1024  # a client frame; beyond it close 1009
@@ -177,6 +182,9 @@ class Listener:
         self.dropped = False
         # Frames of the batch the hub is publishing, handed over at its end (flush).
         self.pending: list[str] = []
+        # The cursor of the last frame handed to it, and when (the hub's clock).
+        self.cursor: str | None = None
+        self.cursor_at = 0.0
 
     def flush(self) -> bool:
         """Hand the pending frames to the connection, in one write when it is idle;
@@ -259,6 +267,8 @@ class Hub:
         self._replays = asyncio.Semaphore(config.replays_max)
         self._consumer: AIOKafkaConsumer | None = None
         self._cursor: str | None = None  # encode_cursor(positions), made on demand
+        self._now = time.monotonic()  # the loop's clock, read once per batch
+        self._cursor_due: deque[Listener] = deque()
         self._metrics = kafka_metrics("gateway")
         self.ready = asyncio.Event()
 
@@ -294,22 +304,23 @@ class Hub:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until stop is set; every batch is fanned out before the next fetch."""
         assert self._consumer is not None, "start() first"
-        last_mark = time.monotonic()
-        marked = list(self.positions)
+        last_check = time.monotonic()
         while not stop.is_set():
             fetched = await self._consumer.getmany(timeout_ms=100, max_records=2000)
             if fetched:
                 self._metrics.consumed.labels(self.topic).inc(sum(len(r) for r in fetched.values()))
+                entries = await self.entries(fetched, live=True)
+                self._now = time.monotonic()
                 # A batch's frames reach each socket in one write (Listener.flush).
-                for entry in await self.entries(fetched, live=True):
+                for entry in entries:
                     self._publish(entry)
                 self._flush()
-            now = time.monotonic()
-            if now - last_mark >= self.config.cursor_every_s:
-                last_mark = now
-                if marked != self.positions:
-                    marked = list(self.positions)
-                    self._mark()
+            self._now = now = time.monotonic()
+            if now - last_check >= 1.0:
+                last_check = now
+                self._find_cursor_due(now)
+            if self._cursor_due:
+                self._mark(self.config.cursor_frames_per_batch)
 
     async def entries(
         self, fetched: dict[TopicPartition, list[ConsumerRecord]], live: bool = False
@@ -348,12 +359,14 @@ class Hub:
         for listener in touched:
             listener.flush()
 
-    def _push(self, listener: Listener, data: str) -> bool:
+    def _push(self, listener: Listener, data: str, cursor: str | None) -> bool:
+        """Queue data, a frame carrying cursor, to listener (handed over at _flush)."""
         if listener.dropped:
             return False
         if not listener.pending:
             self._touched.append(listener)
         listener.pending.append(data)
+        listener.cursor, listener.cursor_at = cursor, self._now
         return True
 
     def _publish(self, entry: feed.Entry) -> None:
@@ -396,11 +409,12 @@ class Hub:
             if entry.offset < ahead[entry.partition]:
                 return shared, False  # it had this one before it resumed here
             pos = [max(h, a) for h, a in zip(self.positions, ahead, strict=True)]
-            return shared, self._push(listener, feed.frame(feed.encode_cursor(pos), body).decode())
+            cursor = feed.encode_cursor(pos)
+            return shared, self._push(listener, feed.frame(cursor, body).decode(), cursor)
         if shared is None:
             # Made and decoded once per event: every listener gets the same str.
             shared = feed.frame(self.cursor(), body).decode()
-        return shared, self._push(listener, shared)
+        return shared, self._push(listener, shared, self._cursor)
 
     def _caught_up(self, listener: Listener) -> bool:
         ahead = listener.ahead
@@ -413,12 +427,33 @@ class Hub:
             self._by_lane[lane_key] = found
         return found
 
-    def _mark(self) -> None:
-        data = '{"type":"cursor","cursor":"' + self.cursor() + '"}'
-        for listener in self.listeners:
-            # Optional frames: never the reason a listener is dropped.
-            if listener.ahead is None and listener.queue.qsize() < listener.queue.maxsize // 2:
-                self._push(listener, data)
+    def _find_cursor_due(self, now: float) -> None:
+        """The listeners to send a cursor frame: no frame for cursor_every_s, and the
+        market moved since their last one. A listener that gets events holds a fresh
+        cursor already (every event frame carries one) and needs none: sending every
+        listener a cursor at once was a thousand socket writes in one go."""
+        cursor, every = self.cursor(), self.config.cursor_every_s
+        self._cursor_due = deque(
+            x for x in self.listeners
+            if x.ahead is None and x.cursor != cursor and now - x.cursor_at >= every
+        )  # fmt: skip
+
+    def _mark(self, most: int) -> None:
+        """Sends the current cursor to at most `most` of the listeners found due."""
+        cursor = self.cursor()
+        data = '{"type":"cursor","cursor":"' + cursor + '"}'
+        due = self._cursor_due
+        for _ in range(min(most, len(due))):
+            listener = due.popleft()
+            # Optional frames: never the reason a listener is dropped. One that got a
+            # frame since it was found due holds a cursor already.
+            if (
+                listener in self.listeners
+                and listener.ahead is None
+                and listener.cursor_at <= self._now - self.config.cursor_every_s
+                and listener.queue.qsize() < listener.queue.maxsize // 2
+            ):
+                self._push(listener, data, cursor)
         self._flush()
 
     # ------------------------------------------------------------------ listeners
@@ -432,6 +467,9 @@ class Hub:
         ):
             listener.ahead = ahead
             self._ahead.add(listener)
+        # Its answer (`subscribed`) carries the cursor it is live from.
+        listener.cursor = self.cursor() if listener.ahead is None else None
+        listener.cursor_at = self._now
         CONNECTIONS.set(len(self.listeners))
 
     def unregister(self, listener: Listener) -> None:

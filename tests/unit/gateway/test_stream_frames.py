@@ -144,3 +144,87 @@ async def test_a_hub_batch_reaches_each_listener_in_one_write():
     assert [f.split('"id":"')[1][:2] for f in second[0]] == ["e1"]
     for reader in readers:
         reader.cancel()
+
+
+# ---------------------------------------------------------------------------- cursor frames
+
+
+def _hub_with(lanes: list[str], per_batch: int = 100):
+    from services.gateway import feed
+    from services.gateway.hub import Hub, Listener, StreamConfig
+
+    hub = Hub("unused:9092", "market", None, StreamConfig(cursor_frames_per_batch=per_batch))
+    hub.positions = [0]
+    hub.ring = feed.Ring([0], 100)
+    sockets = []
+    for lane in lanes:
+        listener = Listener("c1", feed.Subscription(lanes=frozenset([lane])), 16, lambda: None)
+        listener.queue = Frames(16, Socket())
+        hub.register(listener)
+        sockets.append(listener.queue.writer)
+    return hub, sockets
+
+
+def _rested(offset: int, lane: str):
+    from services.gateway import feed
+
+    env = {"id": f"e{offset}", "type": "load.rested", "v": 1, "ts": offset, "key": lane,
+           "source": "m", "cause": None, "data": {"load_id": f"l{offset}"}}  # fmt: skip
+    return feed.make_entry(0, offset, env, {}, {})
+
+
+def _cursor_frames(socket: Socket) -> list[str]:
+    return [f for write in socket.writes for f in write if f.startswith('{"type":"cursor"')]
+
+
+async def test_only_a_quiet_connection_gets_a_cursor_frame_once_the_market_moved():
+    busy, quiet, quiet_too = "a>b>van-9.6", "c>d>van-9.6", "e>f>van-9.6"
+    hub, (s_busy, s_quiet, s_quiet_too) = _hub_with([busy, quiet, quiet_too])
+    readers = [await _idle_reader(listener.queue) for listener in hub.listeners]
+    start = hub._now = 1000.0
+    for listener in hub.listeners:
+        listener.cursor_at = start
+    hub._find_cursor_due(start + 6)  # the market has not moved: nobody is due
+    assert not hub._cursor_due
+    hub._now = start + 4  # events on the busy lane only, 4 s in
+    hub._publish(_rested(0, busy))
+    hub._publish(_rested(1, busy))
+    hub._flush()
+    hub._now = start + 4.5  # and the market moves on, on a lane nobody follows
+    hub._publish(_rested(2, "x>y>van-9.6"))
+    hub._flush()
+    hub._find_cursor_due(start + 4.5)  # too soon for anyone
+    assert not hub._cursor_due
+    hub._now = start + 6
+    hub._find_cursor_due(hub._now)
+    hub._mark(100)
+    assert _cursor_frames(s_busy) == []  # its last event frame, 2 s old, carries a cursor
+    cursor = hub.cursor()
+    for socket in (s_quiet, s_quiet_too):
+        assert _cursor_frames(socket) == ['{"type":"cursor","cursor":"' + cursor + '"}']
+    hub._now = start + 20
+    hub._find_cursor_due(hub._now)  # the quiet ones hold the current cursor now
+    assert [x.queue.writer for x in hub._cursor_due] == [s_busy]
+    for reader in readers:
+        reader.cancel()
+
+
+async def test_cursor_frames_due_at_once_are_spread_over_batches():
+    lanes = [f"o{i}>d>van-9.6" for i in range(5)]
+    hub, sockets = _hub_with(lanes, per_batch=2)
+    readers = [await _idle_reader(listener.queue) for listener in hub.listeners]
+    hub._now = 1000.0
+    for listener in hub.listeners:
+        listener.cursor_at = hub._now
+    hub._publish(_rested(0, "x>y>van-9.6"))  # the market moves; no listener sees it
+    hub._flush()
+    hub._now = 1010.0
+    hub._find_cursor_due(hub._now)
+    written = []
+    for _ in range(3):
+        hub._mark(hub.config.cursor_frames_per_batch)
+        written.append(sum(len(_cursor_frames(s)) for s in sockets))
+    assert written == [2, 4, 5]
+    assert all(len(_cursor_frames(s)) == 1 for s in sockets)
+    for reader in readers:
+        reader.cancel()
