@@ -851,9 +851,18 @@ async def _count(database_url: str, schema: str) -> int:
 
     conn = await asyncpg.connect(database_url)
     try:
-        n = await conn.fetchval(f'SELECT count(*) FROM "{schema}".load')
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        return n
+        return await conn.fetchval(f'SELECT count(*) FROM "{schema}".load')
+    finally:
+        await conn.close()
+
+
+async def _drop(database_url: str, schemas: list[str]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
 
@@ -918,21 +927,27 @@ def main(argv: list[str] | None = None) -> dict:
             WLEX_GATEWAY_RATE_BURST="100000",
         )
         post = bare = None
+        loads = 0
         if not args.ws_only:
             bare = _measure([sys.executable, "-m", "loadtests.bench_gateway", "--serve-bare"],
                             env, port, keys_file, args.duration, state_dir, args.warmup)  # fmt: skip
             post = _measure([sys.executable, "-m", "services.gateway"], env, port, keys_file,
                             args.duration, state_dir, args.warmup)  # fmt: skip
+            loads = asyncio.run(_count(database_url, schema))
         ws = None
+        # The fan-out in a schema of its own: the same read model whether or not the
+        # POST part ran before it, and its loads apart from the POSTs' count.
+        ws_schema = schema + "_ws"
         if args.ws_carriers:
             lanes = [_lane(i) for i in range(args.ws_lanes)]
-            carriers = asyncio.run(_carriers(database_url, schema, args.ws_carriers, lanes))
+            carriers = asyncio.run(_carriers(database_url, ws_schema, args.ws_carriers, lanes))
             events = args.ws_rate * (args.ws_warmup + args.ws_duration + 5)
-            asyncio.run(_market_loads(database_url, schema, lanes, int(events) // RESTED_EVERY + 1))
-            ws = _measure_ws(env, port, carriers, bootstrap, prefix + "market", lanes,
-                             args.ws_rate, args.ws_duration, args.ws_procs, state_dir,
-                             args.ws_warmup)  # fmt: skip
-        loads = asyncio.run(_count(database_url, schema))
+            rested = int(events) // RESTED_EVERY + 1
+            asyncio.run(_market_loads(database_url, ws_schema, lanes, rested))
+            ws = _measure_ws(dict(env, WLEX_GATEWAY_DB_SCHEMA=ws_schema), port, carriers,
+                             bootstrap, prefix + "market", lanes, args.ws_rate,
+                             args.ws_duration, args.ws_procs, state_dir, args.ws_warmup)  # fmt: skip
+        asyncio.run(_drop(database_url, [schema, ws_schema]))
     finally:
         if stack is not None:
             stack.down()
