@@ -22,9 +22,9 @@ stream, that are not measured. The loads they are about are in the gateway's tab
 first, as POST would have left them, so the read-model projector applies each event as
 it would in a real market; and each client records the delay from the event's
 envelope ts (set when its 10 ms step is produced, without linger) to its receipt, for
-the events whose ts falls in the measured part. ws_p99_ms is the 99th percentile of those delays over
-every delivery; ws_deliveries_per_s is what the gateway wrote to sockets (events x
-subscribers of their lane). The target is the gateway's delivery latency, so the
+the events whose ts falls in the measured part. ws_p99_ms is the 99th percentile of
+those delays over every delivery; ws_deliveries_per_s is what the gateway wrote to
+sockets (events x subscribers of their lane). The target is the gateway's delivery latency, so the
 measuring side must not be the bottleneck: the carriers are raw sockets on uvloop
 (`--ws-procs` processes, 2 by default, each holding its share of the connections), the
 upgrade written by hand and each frame parsed only as far as the event's ts, with no
@@ -36,8 +36,8 @@ share of the delay from the sockets'.
 
 `--projector` runs only the read-model projector (Projector.apply, no Kafka, no HTTP)
 on bursts of auction.opened and bid.accepted, with their loads in the table and without
-(every event parked, as in fan-out runs before 2026-11-28 12:00), and prints events/s, CPU per event and
-statements per batch; it writes no result file.
+(every event parked, as in fan-out runs before 2026-11-28 12:00), and prints events/s,
+CPU per event and statements per batch; it writes no result file.
 
 Uses WLEX_KAFKA_BOOTSTRAP / WLEX_DATABASE_URL when set, else starts a local stack in a
 temporary directory. Writes loadtests/results/bench_gateway.json and prints a summary.
@@ -333,7 +333,8 @@ async def _ws_clients(port: int, carriers: list[list[str]]) -> dict:
     for c in clients:
         c.transport.close()
     delays = state["delays_ms"]
-    return {"delays_ms": delays, "ts_ms": state["ts_ms"], "frames": {"events": len(delays), "other": state["other"]},
+    return {"delays_ms": delays, "ts_ms": state["ts_ms"],
+            "frames": {"events": len(delays), "other": state["other"]},
             "connected": len(clients), "closed_by_server": dropped}  # fmt: skip
 
 
@@ -410,8 +411,10 @@ async def _market_loads(database_url: str, schema: str, lanes: list[str], rested
         await db.close_pool(pool)
 
 
-async def _produce_market(bootstrap: str, topic: str, lanes: list[str], rate: float,
-                          duration_s: float, measure_from_ms: int = 0) -> tuple[int, int]:  # fmt: skip
+async def _produce_market(
+    bootstrap: str, topic: str, lanes: list[str], rate: float, duration_s: float,
+    measure_from_ms: int = 0,
+) -> tuple[int, int]:  # fmt: skip
     """rate events a second for duration_s, in 10 ms steps, the events _market_event
     numbers 0, 1, ...; returns how many, and the number of the first one whose ts is
     measure_from_ms or later (the first of the measured part).
@@ -856,17 +859,6 @@ async def _count(database_url: str, schema: str) -> int:
         await conn.close()
 
 
-async def _drop(database_url: str, schemas: list[str]) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(database_url)
-    try:
-        for schema in schemas:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per measure")
@@ -887,6 +879,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="only the read-model projector's bursts (printed, not written)")  # fmt: skip
     args = parser.parse_args(argv)
 
+    from services.common import db
     from services.devenv.ports import free_port_block
 
     bootstrap = os.environ.get("WLEX_KAFKA_BOOTSTRAP", "")
@@ -947,7 +940,8 @@ def main(argv: list[str] | None = None) -> dict:
             ws = _measure_ws(dict(env, WLEX_GATEWAY_DB_SCHEMA=ws_schema), port, carriers,
                              bootstrap, prefix + "market", lanes, args.ws_rate,
                              args.ws_duration, args.ws_procs, state_dir, args.ws_warmup)  # fmt: skip
-        asyncio.run(_drop(database_url, [schema, ws_schema]))
+        for name in (schema, ws_schema):
+            asyncio.run(db.drop_schema(database_url, name))
     finally:
         if stack is not None:
             stack.down()
