@@ -513,7 +513,7 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         )  # fmt: skip
         producer_thread.start()
         time.sleep(max(0.0, measure_from_ms / 1000 - time.time()))
-        lag_before, projected_before = _lag_buckets(port), _projected(port)
+        lag_before, projected_before = _gateway_counts(port)
         proc = psutil.Process(server.pid)
         cpu_before = proc.cpu_times()
         # The measuring side's CPU too: the clients and the producer share the cores
@@ -538,8 +538,9 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
         cpu_s = (cpu.user - cpu_before.user) + (cpu.system - cpu_before.system)
         clients_cpu = _cpu_s(measuring[:-1])
         producer_cpu = _cpu_s(measuring[-1:])
-        hub_lag = _hub_lag(lag_before, _lag_buckets(port))
-        projected = {k: int(n - projected_before.get(k, 0.0)) for k, n in _projected(port).items()}
+        lag_after, projected_after = _gateway_counts(port)
+        hub_lag = _hub_lag(lag_before, lag_after)
+        projected = {k: int(n - projected_before.get(k, 0.0)) for k, n in projected_after.items()}
         results = []
         for c in clients:
             out, _ = c.communicate("stop\n", timeout=120)
@@ -603,29 +604,23 @@ def _measure_ws(env: dict, port: int, carriers: list[list[str]], bootstrap: str,
     }
 
 
-def _metric_samples(port: int, name: str) -> list[tuple[str, float]]:
-    """The gateway's samples of metric `name` from /metrics: (labels, value)."""
+def _gateway_counts(port: int) -> tuple[list[tuple[float, float]], dict[str, float]]:
+    """From one read of the gateway's /metrics: the buckets of
+    wlex_gateway_stream_event_lag_seconds as (le, count), and the read-model projector's
+    events so far by outcome (wlex_gateway_projection_events_total: applied, parked, ...)."""
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    out = []
+    buckets: list[tuple[float, float]] = []
+    projected: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(name + "{"):
-            labels, value = line[len(name) :].rsplit(" ", 1)
-            out.append((labels, float(value)))
-    return out
-
-
-def _lag_buckets(port: int) -> list[tuple[float, float]]:
-    """The gateway's wlex_gateway_stream_event_lag_seconds buckets: (le, count)."""
-    samples = _metric_samples(port, "wlex_gateway_stream_event_lag_seconds_bucket")
-    return [(float(labels.split('le="', 1)[1].split('"', 1)[0]), n) for labels, n in samples]
-
-
-def _projected(port: int) -> dict[str, float]:
-    """The read-model projector's events so far by outcome (applied, parked, ...)."""
-    samples = _metric_samples(port, "wlex_gateway_projection_events_total")
-    return {labels.split('outcome="', 1)[1].split('"', 1)[0]: n for labels, n in samples}
+        if line.startswith("wlex_gateway_stream_event_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith("wlex_gateway_projection_events_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            projected[outcome] = float(line.rsplit(" ", 1)[1])
+    return buckets, projected
 
 
 def _hub_lag(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict:

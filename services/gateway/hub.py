@@ -65,6 +65,8 @@ class StreamConfig(BaseSettings):
     frame_chars_max: int = 16 * 1024  # a client frame; beyond it close 1009
 
 
+CURSOR_CHECK_S = 1.0  # how often the hub looks for connections due a cursor frame
+
 CONNECTIONS = Gauge("wlex_gateway_stream_connections", "Open /v1/stream connections.")
 FRAMES = Counter("wlex_gateway_stream_frames_total", "Event frames queued to connections.")
 DROPPED = Counter(
@@ -307,16 +309,15 @@ class Hub:
         last_check = time.monotonic()
         while not stop.is_set():
             fetched = await self._consumer.getmany(timeout_ms=100, max_records=2000)
+            entries = await self.entries(fetched, live=True) if fetched else []
+            self._now = now = time.monotonic()
             if fetched:
-                self._metrics.consumed.labels(self.topic).inc(sum(len(r) for r in fetched.values()))
-                entries = await self.entries(fetched, live=True)
-                self._now = time.monotonic()
+                self._metrics.consumed.labels(self.topic).inc(len(entries))
                 # A batch's frames reach each socket in one write (Listener.flush).
                 for entry in entries:
                     self._publish(entry)
                 self._flush()
-            self._now = now = time.monotonic()
-            if now - last_check >= 1.0:
+            if now - last_check >= CURSOR_CHECK_S:
                 last_check = now
                 self._find_cursor_due(now)
             if self._cursor_due:
