@@ -34,7 +34,7 @@ use crate::emit::{Key, Out, EVENT_TYPES};
 use crate::engine::{Engine, REASONS};
 use crate::json::Json;
 use crate::parse::Reader;
-use crate::pysource::{Keys, PySource};
+use crate::pysource::{BorrowedSource, Keys, Obj, PySource};
 
 /// The engine with its reusable output buffer. Not thread-safe (`unsendable`): one
 /// engine belongs to one service loop.
@@ -81,12 +81,24 @@ impl Core {
         commands: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         self.out.clear();
-        let mut reader = Reader {
+        let mut fast = BorrowedSource::new(py, &self.keys).map(|src| Reader { src });
+        let mut careful = Reader {
             src: PySource::new(py, &self.keys),
         };
         let mut one = |cmd: &Bound<'py, PyAny>| {
-            let r = reader.command(&mut self.engine, &mut self.out, cmd);
-            reader.src.clear();
+            // An error of the borrowed read comes before the engine saw the command
+            // (parse.rs reads all of a command before handling it): read it again with
+            // the careful source, whose answer, error or not, is the command's.
+            if let Some(fast) = &mut fast {
+                if fast
+                    .command(&mut self.engine, &mut self.out, &Obj(cmd.as_ptr()))
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
+            let r = careful.command(&mut self.engine, &mut self.out, cmd);
+            careful.src.clear();
             r
         };
         if let Ok(list) = commands.cast::<PyList>() {

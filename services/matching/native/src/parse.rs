@@ -116,7 +116,10 @@ impl<'a, S: Source<'a>> Reader<S> {
         ) else {
             return Ok(None);
         };
-        let part = |s: Option<&'a str>| s.filter(|s| !s.is_empty() && !s.contains('>'));
+        // A byte loop, not str::contains: lane parts are a few bytes, and the memchr
+        // call behind contains cost about a hundred instructions a command.
+        let part =
+            |s: Option<&'a str>| s.filter(|s| !s.is_empty() && !s.bytes().any(|b| b == b'>'));
         let (Some(o), Some(dst), Some(c)) = (
             part(self.src.text(&o)?),
             part(self.src.text(&dst)?),
