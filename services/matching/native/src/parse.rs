@@ -69,15 +69,18 @@ pub struct Reader<S> {
 }
 
 impl<'a, S: Source<'a>> Reader<S> {
+    #[inline(always)]
     fn amount(&self, x: &S::V) -> Option<i64> {
         self.src.int(x).filter(|&v| v >= 1)
     }
 
+    #[inline(always)]
     fn time(&self, x: &S::V) -> Option<i64> {
         self.src.int(x).filter(|&v| v >= 0)
     }
 
     /// A non-empty exact str.
+    #[inline(always)]
     fn id(&mut self, x: &S::V) -> PyResult<Option<&'a str>> {
         Ok(self.src.text(x)?.filter(|s| !s.is_empty()))
     }
