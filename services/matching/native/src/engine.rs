@@ -6,7 +6,7 @@
 //! for every log; tests/unit/matching/test_native_vs_python.py holds them to it.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use foldhash::fast::FixedState;
@@ -18,6 +18,7 @@ use crate::emit::{
     BID_ACCEPTED, DEAL_MADE, LOAD_RESTED, OFFER_RESTED, ORDER_CANCELLED, ORDER_EXPIRED,
     ORDER_REJECTED,
 };
+use crate::ids::IdMap;
 use crate::orders::{Auction, Bid, Load, Name, Offer, Slab};
 use crate::timers::{Fired, Target, Timers};
 
@@ -42,11 +43,7 @@ const NAMES_MAX: usize = 1 << 17;
 /// An auction's bid heap is rebuilt when withdrawn entries exceed this and the live.
 const BIDS_DEAD_MIN: u32 = 32;
 
-/// Maps keyed by ids hash with foldhash, not FxHash: with Fx, similar ids ("shipper-17",
-/// "shipper-18") shared hashbrown's tag bits so often that a lookup compared several
-/// keys byte by byte (perf: the participant-id lookup and its memcmp went from 8.8 % to
-/// 6.8 % of process_raw's samples). A fixed seed: runs stay alike (no map is iterated
-/// for output, but profiles should repeat).
+/// The book map hashes lane keys with foldhash, as ids.rs hashes ids.
 type StrMap<K, V> = HashMap<K, V, FixedState>;
 const STR_HASH: FixedState = FixedState::with_seed(0x776c_6578);
 
@@ -62,15 +59,15 @@ pub struct Engine {
     pub seq: i64,
     pub books: Vec<Book>,
     book_of: StrMap<Box<str>, u32>,
-    pub loads: StrMap<Name, LoadRef>,
-    pub offers: StrMap<Name, u32>,
-    pub bids: StrMap<Name, u32>,
+    pub loads: IdMap<LoadRef>,
+    pub offers: IdMap<u32>,
+    pub bids: IdMap<u32>,
     pub load_slab: Slab<Load>,
     pub offer_slab: Slab<Offer>,
     pub auction_slab: Slab<Auction>,
     pub bid_slab: Slab<Bid>,
     timers: Timers,
-    names: HashSet<Name, FixedState>,
+    names: IdMap<()>,
     reasons: [Box<[u8]>; REASONS],
     // Scratch space reused across commands (no allocation per command).
     fired: Vec<(i64, i64, Fired)>,
@@ -91,15 +88,15 @@ impl Engine {
             seq: 0,
             books: Vec::new(),
             book_of: HashMap::with_hasher(STR_HASH),
-            loads: HashMap::with_hasher(STR_HASH),
-            offers: HashMap::with_hasher(STR_HASH),
-            bids: HashMap::with_hasher(STR_HASH),
+            loads: IdMap::default(),
+            offers: IdMap::default(),
+            bids: IdMap::default(),
             load_slab: Slab::new(),
             offer_slab: Slab::new(),
             auction_slab: Slab::new(),
             bid_slab: Slab::new(),
             timers: Timers::new(),
-            names: HashSet::with_hasher(STR_HASH),
+            names: IdMap::default(),
             reasons,
             fired: Vec::new(),
             taken: Vec::new(),
@@ -224,14 +221,14 @@ impl Engine {
 
     /// One shared string per participant id (a bounded cache, not state).
     pub fn name(&mut self, name: &str) -> Name {
-        if let Some(n) = self.names.get(name) {
+        if let Some(n) = self.names.name(name) {
             return n.clone();
         }
         if self.names.len() >= NAMES_MAX {
             self.names.clear();
         }
         let n: Name = Rc::from(name);
-        self.names.insert(n.clone());
+        self.names.insert(n.clone(), ());
         n
     }
 

@@ -10,6 +10,7 @@ mod book;
 mod commands;
 mod emit;
 mod engine;
+mod ids;
 mod json;
 mod orders;
 mod parse;
