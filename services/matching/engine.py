@@ -489,17 +489,38 @@ class Engine:
             self._close(a, out, base, cid, by_timer=False)
         return None
 
-    def _load_cancel(self, data, out: list[dict], base: int, cid: str, key) -> None:
+    def _owned(
+        self,
+        data,
+        out: list[dict],
+        base: int,
+        cid: str,
+        key,
+        orders: dict,
+        ref_field: str,
+        owner_field: str,
+    ):
+        """(id, order) for the order a cancel or a withdrawal names in `orders`, when the
+        command is well formed, the order live and the command's owner its owner (the
+        order's attribute named as the owner's field); else None, the rejection
+        written: invalid, unknown_order, not_owner, in that precedence."""
         now = self.now
-        p = parse_pair(data, "load_id", "shipper_id")
+        p = parse_pair(data, ref_field, owner_field)
         if p is None:
-            return _reject(out, base, cid, key, ref_of(data, "load_id"), INVALID, now)
-        load_id, shipper_id = p
-        load = self.loads.get(load_id)
-        if load is None:
-            return _reject(out, base, cid, key, load_id, UNKNOWN_ORDER, now)
-        if load.shipper_id != shipper_id:
-            return _reject(out, base, cid, key, load_id, NOT_OWNER, now)
+            return _reject(out, base, cid, key, ref_of(data, ref_field), INVALID, now)
+        ref_id, owner_id = p
+        order = orders.get(ref_id)
+        if order is None:
+            return _reject(out, base, cid, key, ref_id, UNKNOWN_ORDER, now)
+        if getattr(order, owner_field) != owner_id:
+            return _reject(out, base, cid, key, ref_id, NOT_OWNER, now)
+        return ref_id, order
+
+    def _load_cancel(self, data, out: list[dict], base: int, cid: str, key) -> None:
+        found = self._owned(data, out, base, cid, key, self.loads, "load_id", "shipper_id")
+        if found is None:
+            return None
+        load_id, load = found
         del self.loads[load_id]
         if type(load) is Auction:
             load.live = False
@@ -507,37 +528,25 @@ class Engine:
         else:
             load.book.remove_load(load)
         self.timers.forget()
-        _emit(out, base, cid, "order.cancelled", now, load.book.key, {"ref_id": load_id})
+        _emit(out, base, cid, "order.cancelled", self.now, load.book.key, {"ref_id": load_id})
         return None
 
     def _offer_cancel(self, data, out: list[dict], base: int, cid: str, key) -> None:
-        now = self.now
-        p = parse_pair(data, "offer_id", "carrier_id")
-        if p is None:
-            return _reject(out, base, cid, key, ref_of(data, "offer_id"), INVALID, now)
-        offer_id, carrier_id = p
-        offer = self.offers.get(offer_id)
-        if offer is None:
-            return _reject(out, base, cid, key, offer_id, UNKNOWN_ORDER, now)
-        if offer.carrier_id != carrier_id:
-            return _reject(out, base, cid, key, offer_id, NOT_OWNER, now)
+        found = self._owned(data, out, base, cid, key, self.offers, "offer_id", "carrier_id")
+        if found is None:
+            return None
+        offer_id, offer = found
         del self.offers[offer_id]
         offer.book.remove_offer(offer)
         self.timers.forget()
-        _emit(out, base, cid, "order.cancelled", now, offer.book.key, {"ref_id": offer_id})
+        _emit(out, base, cid, "order.cancelled", self.now, offer.book.key, {"ref_id": offer_id})
         return None
 
     def _bid_withdraw(self, data, out: list[dict], base: int, cid: str, key) -> None:
-        now = self.now
-        p = parse_pair(data, "bid_id", "carrier_id")
-        if p is None:
-            return _reject(out, base, cid, key, ref_of(data, "bid_id"), INVALID, now)
-        bid_id, carrier_id = p
-        bid = self.bids.get(bid_id)
-        if bid is None:
-            return _reject(out, base, cid, key, bid_id, UNKNOWN_ORDER, now)
-        if bid.carrier_id != carrier_id:
-            return _reject(out, base, cid, key, bid_id, NOT_OWNER, now)
+        found = self._owned(data, out, base, cid, key, self.bids, "bid_id", "carrier_id")
+        if found is None:
+            return None
+        bid_id, bid = found
         del self.bids[bid_id]
         bid.live = False
         a = bid.auction
@@ -546,7 +555,7 @@ class Engine:
             a.bids = [entry for entry in a.bids if entry[2].live]
             a.bids.sort()
             a.dead = 0
-        _emit(out, base, cid, "order.cancelled", now, a.book.key, {"ref_id": bid_id})
+        _emit(out, base, cid, "order.cancelled", self.now, a.book.key, {"ref_id": bid_id})
         return None
 
     # -- auctions --------------------------------------------------------------------

@@ -509,76 +509,102 @@ impl Engine {
         }
     }
 
-    fn load_cancel(&mut self, out: &mut Out, cid: &str, key: Option<&str>, p: Parsed<Pair>) {
+    /// The order a cancel or a withdrawal names (by `find`), when the command is well
+    /// formed, the order live and the command's owner its owner (`owner` reads it);
+    /// else None, the rejection written: invalid, unknown_order, not_owner, in that
+    /// precedence.
+    fn owned<'p, T: Copy>(
+        &self,
+        out: &mut Out,
+        cid: &str,
+        key: Option<&str>,
+        p: Parsed<'p, Pair<'p>>,
+        find: impl Fn(&Self, &str) -> Option<T>,
+        owner: impl Fn(&Self, T) -> &str,
+    ) -> Option<(&'p str, T)> {
         let p = match p {
             Ok(p) => p,
-            Err(r) => return self.reject(out, cid, key, r, Reason::Invalid),
+            Err(r) => {
+                self.reject(out, cid, key, r, Reason::Invalid);
+                return None;
+            }
         };
         let r = Some(p.ref_id);
-        let (b, owner_ok) = match self.loads.get(p.ref_id) {
-            None => return self.reject(out, cid, key, r, Reason::UnknownOrder),
-            Some(&LoadRef::Market(i)) => {
-                let l = self.load_slab.get(i);
-                (l.book, &*l.shipper_id == p.owner_id)
-            }
-            Some(&LoadRef::Auction(a)) => {
-                let x = self.auction_slab.get(a);
-                (x.book, &*x.shipper_id == p.owner_id)
-            }
+        let Some(order) = find(self, p.ref_id) else {
+            self.reject(out, cid, key, r, Reason::UnknownOrder);
+            return None;
         };
-        if !owner_ok {
-            return self.reject(out, cid, key, r, Reason::NotOwner);
+        if owner(self, order) != p.owner_id {
+            self.reject(out, cid, key, r, Reason::NotOwner);
+            return None;
         }
-        match self.loads.remove(p.ref_id).expect("load is live") {
+        Some((p.ref_id, order))
+    }
+
+    fn load_cancel(&mut self, out: &mut Out, cid: &str, key: Option<&str>, p: Parsed<Pair>) {
+        let Some((load_id, load)) = self.owned(
+            out,
+            cid,
+            key,
+            p,
+            |e, id| e.loads.get(id).copied(),
+            |e, load| match load {
+                LoadRef::Market(i) => &e.load_slab.get(i).shipper_id,
+                LoadRef::Auction(a) => &e.auction_slab.get(a).shipper_id,
+            },
+        ) else {
+            return;
+        };
+        self.loads.remove(load_id);
+        let b = match load {
             LoadRef::Auction(a) => {
+                let b = self.auction_slab.get(a).book;
                 self.drop_bids(a);
                 self.auction_slab.remove(a);
+                b
             }
             LoadRef::Market(i) => {
+                let b = self.load_slab.get(i).book;
                 self.books[b as usize].remove_load(&self.load_slab, i);
                 self.load_slab.remove(i);
+                b
             }
-        }
+        };
         self.forget();
-        self.cancelled(out, cid, b, p.ref_id);
+        self.cancelled(out, cid, b, load_id);
     }
 
     fn offer_cancel(&mut self, out: &mut Out, cid: &str, key: Option<&str>, p: Parsed<Pair>) {
-        let p = match p {
-            Ok(p) => p,
-            Err(r) => return self.reject(out, cid, key, r, Reason::Invalid),
+        let Some((offer_id, i)) = self.owned(
+            out,
+            cid,
+            key,
+            p,
+            |e, id| e.offers.get(id).copied(),
+            |e, i| &e.offer_slab.get(i).carrier_id,
+        ) else {
+            return;
         };
-        let r = Some(p.ref_id);
-        let i = match self.offers.get(p.ref_id) {
-            None => return self.reject(out, cid, key, r, Reason::UnknownOrder),
-            Some(&i) => i,
-        };
-        let o = self.offer_slab.get(i);
-        if &*o.carrier_id != p.owner_id {
-            return self.reject(out, cid, key, r, Reason::NotOwner);
-        }
-        let b = o.book;
-        self.offers.remove(p.ref_id);
+        let b = self.offer_slab.get(i).book;
+        self.offers.remove(offer_id);
         self.books[b as usize].remove_offer(&self.offer_slab, i);
         self.offer_slab.remove(i);
         self.forget();
-        self.cancelled(out, cid, b, p.ref_id);
+        self.cancelled(out, cid, b, offer_id);
     }
 
     fn bid_withdraw(&mut self, out: &mut Out, cid: &str, key: Option<&str>, p: Parsed<Pair>) {
-        let p = match p {
-            Ok(p) => p,
-            Err(r) => return self.reject(out, cid, key, r, Reason::Invalid),
+        let Some((bid_id, i)) = self.owned(
+            out,
+            cid,
+            key,
+            p,
+            |e, id| e.bids.get(id).copied(),
+            |e, i| &e.bid_slab.get(i).carrier_id,
+        ) else {
+            return;
         };
-        let r = Some(p.ref_id);
-        let i = match self.bids.get(p.ref_id) {
-            None => return self.reject(out, cid, key, r, Reason::UnknownOrder),
-            Some(&i) => i,
-        };
-        if &*self.bid_slab.get(i).carrier_id != p.owner_id {
-            return self.reject(out, cid, key, r, Reason::NotOwner);
-        }
-        self.bids.remove(p.ref_id);
+        self.bids.remove(bid_id);
         let bid = self.bid_slab.remove(i);
         let a = self.auction_slab.get_mut(bid.auction);
         a.dead += 1;
@@ -592,7 +618,7 @@ impl Engine {
             a.dead = 0;
         }
         let b = a.book;
-        self.cancelled(out, cid, b, p.ref_id);
+        self.cancelled(out, cid, b, bid_id);
     }
 
     fn cancelled(&self, out: &mut Out, cid: &str, book: u32, ref_id: &str) {
