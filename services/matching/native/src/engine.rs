@@ -18,7 +18,7 @@ use crate::emit::{
     BID_ACCEPTED, DEAL_MADE, LOAD_RESTED, OFFER_RESTED, ORDER_CANCELLED, ORDER_EXPIRED,
     ORDER_REJECTED,
 };
-use crate::ids::IdMap;
+use crate::ids::{IdMap, HASH};
 use crate::orders::{Auction, Bid, Load, Name, Offer, Slab};
 use crate::timers::{Fired, Target, Timers};
 
@@ -43,9 +43,8 @@ const NAMES_MAX: usize = 1 << 17;
 /// An auction's bid heap is rebuilt when withdrawn entries exceed this and the live.
 const BIDS_DEAD_MIN: u32 = 32;
 
-/// The book map hashes lane keys with foldhash, as ids.rs hashes ids.
+/// Lane keys hash as ids do (ids.rs).
 type StrMap<K, V> = HashMap<K, V, FixedState>;
-const STR_HASH: FixedState = FixedState::with_seed(0x776c_6578);
 
 /// A load id names a resting market load or an open auction (one id space).
 #[derive(Clone, Copy)]
@@ -87,7 +86,7 @@ impl Engine {
             now: 0,
             seq: 0,
             books: Vec::new(),
-            book_of: HashMap::with_hasher(STR_HASH),
+            book_of: HashMap::with_hasher(HASH),
             loads: IdMap::default(),
             offers: IdMap::default(),
             bids: IdMap::default(),
