@@ -323,7 +323,10 @@ fn prefetch_dict(list: &Bound<'_, PyList>, i: usize, table: bool) {
 }
 
 impl Core {
-    /// The batch's events as a list of (key, value) tuples, built in place.
+    /// The batch's events as a list of (key, value) tuples, built in place. Only after
+    /// the batch: making a tuple can start the cyclic collector, which can run any
+    /// Python code (finalizers), and `BorrowedSource` relies on none running while a
+    /// command is read and handled (pysource.rs).
     fn pairs<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         for b in self.book_keys.len()..self.engine.books.len() {
             self.book_keys
