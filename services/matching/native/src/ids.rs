@@ -38,10 +38,17 @@ impl<V> Default for IdMap<V> {
     }
 }
 
+/// Whether an entry is `id`'s: the full hash first, so that an entry whose short tag
+/// matched by chance is told apart without reading its text.
+#[inline]
+fn is<V>(h: u64, id: &str) -> impl Fn(&(u64, Name, V)) -> bool + '_ {
+    move |e| e.0 == h && *e.1 == *id
+}
+
 impl<V> IdMap<V> {
     #[inline]
     fn find(&self, h: u64, id: &str) -> Option<&(u64, Name, V)> {
-        self.table.find(h, |e| e.0 == h && *e.1 == *id)
+        self.table.find(h, is(h, id))
     }
 
     pub fn get(&self, id: &str) -> Option<&V> {
@@ -60,7 +67,7 @@ impl<V> IdMap<V> {
     /// Map `id` to `v`, replacing the value (not the id) when it is present.
     pub fn insert(&mut self, id: Name, v: V) {
         let h = hash(&id);
-        match self.table.find_mut(h, |e| e.0 == h && *e.1 == *id) {
+        match self.table.find_mut(h, is(h, &id)) {
             Some(e) => e.2 = v,
             None => {
                 self.table.insert_unique(h, (h, id, v), |e| e.0);
@@ -70,7 +77,7 @@ impl<V> IdMap<V> {
 
     pub fn remove(&mut self, id: &str) -> Option<V> {
         let h = hash(id);
-        match self.table.find_entry(h, |e| e.0 == h && *e.1 == *id) {
+        match self.table.find_entry(h, is(h, id)) {
             Ok(entry) => Some(entry.remove().0 .2),
             Err(_) => None,
         }
