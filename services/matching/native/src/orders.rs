@@ -88,35 +88,64 @@ impl Seq for Bid {
     }
 }
 
-/// A vector of slots with a free list: insert and remove in O(1), stable indices.
+/// Slots with a free list: insert and remove in O(1), stable indices.
+///
+/// The slots live in chunks of a fixed size that never move: a growing book adds a
+/// chunk instead of copying every order into a vector twice the size (that copying
+/// was 4 % of the instructions of a run that rests most of its orders, and a third of
+/// it in memory twice over while it lasted).
 pub struct Slab<T> {
-    slots: Vec<Option<T>>,
+    chunks: Vec<Vec<Option<T>>>,
     free: Vec<u32>,
+    /// Slots ever used: the next new slot's index.
+    used: u32,
     live: usize,
 }
+
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+const MASK: u32 = CHUNK as u32 - 1;
 
 impl<T: Seq> Slab<T> {
     pub fn new() -> Self {
         Slab {
-            slots: Vec::new(),
+            chunks: Vec::new(),
             free: Vec::new(),
+            used: 0,
             live: 0,
         }
+    }
+
+    #[inline]
+    fn slot(&self, i: u32) -> Option<&Option<T>> {
+        self.chunks
+            .get((i >> CHUNK_BITS) as usize)
+            .and_then(|c| c.get((i & MASK) as usize))
+    }
+
+    #[inline]
+    fn slot_mut(&mut self, i: u32) -> &mut Option<T> {
+        &mut self.chunks[(i >> CHUNK_BITS) as usize][(i & MASK) as usize]
     }
 
     pub fn insert(&mut self, item: T) -> u32 {
         self.live += 1;
         if let Some(i) = self.free.pop() {
-            self.slots[i as usize] = Some(item);
-            i
-        } else {
-            self.slots.push(Some(item));
-            (self.slots.len() - 1) as u32
+            *self.slot_mut(i) = Some(item);
+            return i;
         }
+        let i = self.used;
+        if i & MASK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        // The last chunk has room: it was made with CHUNK slots and holds i & MASK.
+        self.chunks.last_mut().expect("a chunk").push(Some(item));
+        self.used += 1;
+        i
     }
 
     pub fn remove(&mut self, i: u32) -> T {
-        let item = self.slots[i as usize].take().expect("slot is live");
+        let item = self.slot_mut(i).take().expect("slot is live");
         self.free.push(i);
         self.live -= 1;
         item
@@ -124,18 +153,18 @@ impl<T: Seq> Slab<T> {
 
     #[inline]
     pub fn get(&self, i: u32) -> &T {
-        self.slots[i as usize].as_ref().expect("slot is live")
+        self.slot(i).and_then(Option::as_ref).expect("slot is live")
     }
 
     #[inline]
     pub fn get_mut(&mut self, i: u32) -> &mut T {
-        self.slots[i as usize].as_mut().expect("slot is live")
+        self.slot_mut(i).as_mut().expect("slot is live")
     }
 
     /// Whether slot `i` still holds the order of arrival `seq`.
     #[inline]
     pub fn holds(&self, i: u32, seq: i64) -> bool {
-        matches!(self.slots.get(i as usize), Some(Some(o)) if o.seq() == seq)
+        matches!(self.slot(i), Some(Some(o)) if o.seq() == seq)
     }
 
     pub fn len(&self) -> usize {
@@ -143,6 +172,6 @@ impl<T: Seq> Slab<T> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().flatten()
+        self.chunks.iter().flatten().flatten()
     }
 }
