@@ -48,6 +48,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) -m loadtests.bench_core
 	$(PY) -m loadtests.bench_core_mypyc
+	$(PY) -m loadtests.bench_native_ablation
 	$(PY) -m loadtests.bench_pipeline
 	$(PY) -m loadtests.bench_ledger
 	$(PY) -m loadtests.bench_gateway

@@ -59,6 +59,8 @@ from loadtests.peers import load_peers
 from loadtests.report import check_targets, commit, machine
 
 RESULTS = Path(__file__).parent / "results" / "bench_core.json"
+SEED = 20260302  # the workloads' seed
+BATCH = 1_000  # commands per Engine.process call
 RACE_ROUNDS = 5  # rounds of the race that gives the ratios (see race)
 RACED_PEERS = 3  # the fastest peers of the sequential runs, raced against the engine
 
@@ -567,8 +569,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--reps", type=int, default=None, help="timed runs per contender, best kept (3; quick 1)"
     )
-    parser.add_argument("--seed", type=int, default=20260302)
-    parser.add_argument("--batch", type=int, default=1_000, help="commands per Engine.process call")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--batch", type=int, default=BATCH, help="commands per Engine.process call")
     parser.add_argument("--price-only-n", type=int, default=None)
     parser.add_argument("--freight-n", type=int, default=None)
     parser.add_argument("--resting-n", type=int, default=None)

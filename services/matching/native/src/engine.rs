@@ -72,6 +72,11 @@ pub struct Engine {
     fired: Vec<(i64, i64, Fired)>,
     taken: Vec<u32>,
     lane_key: String,
+    /// Benchmark builds only (feature `ablation`, loadtests/bench_native_ablation.py):
+    /// 0 handles commands, 1 reads each command and stops there, 2 also writes one
+    /// order.rejected event for it. Builds without the feature do not have it.
+    #[cfg(feature = "ablation")]
+    pub ablation: u8,
 }
 
 impl Engine {
@@ -100,6 +105,8 @@ impl Engine {
             fired: Vec::new(),
             taken: Vec::new(),
             lane_key: String::new(),
+            #[cfg(feature = "ablation")]
+            ablation: 0,
         }
     }
 
@@ -108,6 +115,14 @@ impl Engine {
     /// A command with a valid id and ts: move the clock, fire what is due, handle it.
     pub fn handle(&mut self, out: &mut Out, cid: &str, ts: i64, key: Option<&str>, cmd: Command) {
         out.begin_command();
+        #[cfg(feature = "ablation")]
+        if self.ablation != 0 {
+            std::hint::black_box(&cmd);
+            if self.ablation == 2 {
+                self.reject(out, cid, key, None, Reason::Invalid);
+            }
+            return;
+        }
         if ts > self.now {
             self.now = ts;
         }

@@ -273,6 +273,12 @@ impl Core {
         self.engine.now
     }
 
+    /// Benchmark builds only: see Engine::ablation.
+    #[cfg(feature = "ablation")]
+    fn set_ablation(&mut self, mode: u8) {
+        self.engine.ablation = mode;
+    }
+
     /// (resting market loads and offers, open auctions).
     fn order_counts(&self) -> (usize, usize) {
         self.engine.order_counts()
