@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes, one rep: a smoke run")
     parser.add_argument("--reps", type=int, default=None, help="runs per measure, best kept (3)")
     parser.add_argument("--seed", type=int, default=bench_core.SEED)
-    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--batch", type=int, default=bench_core.BATCH)
     parser.add_argument("--price-only-n", type=int, default=None, help="default 200,000")
     parser.add_argument("--freight-n", type=int, default=None, help="default 200,000")
     parser.add_argument("--build-dir", type=Path, default=None,

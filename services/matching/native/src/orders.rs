@@ -92,8 +92,8 @@ impl Seq for Bid {
 ///
 /// The slots live in chunks of a fixed size that never move: a growing book adds a
 /// chunk instead of copying every order into a vector twice the size (that copying
-/// was 4 % of the instructions of a run that rests most of its orders, and a third of
-/// it in memory twice over while it lasted).
+/// was 4 % of the instructions of a run that rests most of its orders, and it held
+/// the old and the new vector at once).
 pub struct Slab<T> {
     chunks: Vec<Vec<Option<T>>>,
     free: Vec<u32>,
