@@ -9,17 +9,22 @@ What it does, in order:
 1. Builds services/matching/native with the cargo feature `ablation` (Core.set_ablation)
    into a temporary directory. The installed package is not touched; the service never
    loads this build.
-2. Checks that build with the ablation off gives the installed build's bytes, batch by
-   batch, on the whole price-only workload.
+2. Checks that build with the ablation off, and with `no_id_maps`, gives the installed
+   build's bytes, batch by batch, on the whole price-only workload; and that `read` gives
+   no event and `read_and_event` one rejection a command.
 3. Races (bench_core.race: rounds, gc as bench_core) on bench_core's price-only workload:
    - `engine`: the installed core's process_encoded, as bench_core times it;
    - `read`: the ablated build reading every command into its struct and stopping;
    - `read_and_event`: the same, plus one order.rejected event per command, written and
      returned as process_encoded returns events;
+   - `no_id_maps`: the whole engine but for the market orders' id maps (no duplicate-id
+     check, no insert), which on this workload (no duplicate ids, no cancels) gives the
+     engine's very bytes, checked before the race: what the maps cost;
    - the minimal book and the best peer.
 4. Prints each as ops/s, ns per command and a ratio to the minimal book, and the time a
    command has left for the rules at 0.6 of the minimal book once `read_and_event` is
-   paid. Writes loadtests/results/bench_native_ablation.json.
+   paid, and what the id maps cost (`no_id_maps` against the engine). Writes
+   loadtests/results/bench_native_ablation.json.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ RESULTS = Path(__file__).parent / "results" / "bench_native_ablation.json"
 NATIVE = ROOT / "services" / "matching" / "native"
 BEST_PEER = "kautenja-limit-order-book"
 TARGET_VS_MINIMAL = 0.6  # issue 3's target for ratio_vs_minimal_book
-MODES = {"read": 1, "read_and_event": 2}
+MODES = {"read": 1, "read_and_event": 2, "no_id_maps": 3}
 
 
 def build(target: Path):
@@ -85,16 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
         ablated = build(Path(tmp))
 
         bench_core.say("checking the ablated build's engine against the installed one")
-        a, b = installed.Core(reasons), ablated.Core(reasons)
+        a, b, c = installed.Core(reasons), ablated.Core(reasons), ablated.Core(reasons)
+        c.set_ablation(MODES["no_id_maps"])
         for batch in batches:
-            if a.process_encoded(batch) != b.process_encoded(batch):
+            want = a.process_encoded(batch)
+            if want != b.process_encoded(batch) or want != c.process_encoded(batch):
                 raise SystemExit("the ablated build's events differ from the installed build's")
-        # And the ablations do what they say: no event, then one rejection a command.
-        for name, mode in MODES.items():
+        # And the cut-short modes do what they say: no event, then one rejection a command.
+        for name in ("read", "read_and_event"):
             core = ablated.Core(reasons)
-            core.set_ablation(mode)
+            core.set_ablation(MODES[name])
             events = [v for batch in batches for _, v in core.process_encoded(batch)]
-            expected = n if mode == MODES["read_and_event"] else 0
+            expected = n if name == "read_and_event" else 0
             if len(events) != expected or any(b'"type":"order.rejected"' not in v for v in events):
                 raise SystemExit(f"ablation {name}: {len(events)} events, expected {expected}")
 
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         "left_for_rules_ns": budget_ns - runs["read_and_event"]["ns_per_command"],
         "engine_rules_and_events_ns": runs["engine"]["ns_per_command"]
         - runs["read"]["ns_per_command"],
+        "id_maps_ns": runs["engine"]["ns_per_command"] - runs["no_id_maps"]["ns_per_command"],
         "load_avg_1m_start": load0,
         "python": sys.version.split()[0],
         "commit": commit(),
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
           f" reading it and writing one event leaves {result['left_for_rules_ns']:,.0f} ns"
           f" for the rules (the engine spends {result['engine_rules_and_events_ns']:,.0f} ns"
           f" on rules and events)")  # fmt: skip
+    print(f"  the market orders' id maps: {result['id_maps_ns']:,.0f} ns a command")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(

@@ -74,7 +74,11 @@ pub struct Engine {
     lane_key: String,
     /// Benchmark builds only (feature `ablation`, loadtests/bench_native_ablation.py):
     /// 0 handles commands, 1 reads each command and stops there, 2 also writes one
-    /// order.rejected event for it. Builds without the feature do not have it.
+    /// order.rejected event for it, 3 handles them without the duplicate-id check of
+    /// loads and offers and without putting market loads and offers in the id maps
+    /// (right only for a log of market orders with unique ids and no cancels, such as
+    /// the benchmark's, which checks the bytes). Builds without the feature do not have
+    /// it.
     #[cfg(feature = "ablation")]
     pub ablation: u8,
 }
@@ -116,7 +120,7 @@ impl Engine {
     pub fn handle(&mut self, out: &mut Out, cid: &str, ts: i64, key: Option<&str>, cmd: Command) {
         out.begin_command();
         #[cfg(feature = "ablation")]
-        if self.ablation != 0 {
+        if self.ablation == 1 || self.ablation == 2 {
             std::hint::black_box(&cmd);
             if self.ablation == 2 {
                 self.reject(out, cid, key, None, Reason::Invalid);
@@ -210,6 +214,17 @@ impl Engine {
         );
     }
 
+    /// Whether a load's or offer's id is checked for duplicates, and a market order kept
+    /// in its id map: always, but in a benchmark build timing what that costs
+    /// (Engine::ablation 3).
+    #[inline(always)]
+    fn id_maps(&self) -> bool {
+        #[cfg(feature = "ablation")]
+        return self.ablation != 3;
+        #[cfg(not(feature = "ablation"))]
+        true
+    }
+
     /// The book of a lane, made on first use.
     pub fn book(&mut self, lane: &Lane) -> u32 {
         let key = &mut self.lane_key;
@@ -261,7 +276,7 @@ impl Engine {
         if expired {
             return self.reject(out, cid, key, Some(p.load_id), Reason::Expired);
         }
-        if self.loads.contains_key(p.load_id) {
+        if self.id_maps() && self.loads.contains_key(p.load_id) {
             return self.reject(out, cid, key, Some(p.load_id), Reason::DuplicateId);
         }
         let b = self.book(&p.lane);
@@ -349,7 +364,9 @@ impl Engine {
             seq,
         });
         self.books[b as usize].add_load(p.limit_fen, i);
-        self.loads.insert(load_id, LoadRef::Market(i));
+        if self.id_maps() {
+            self.loads.insert(load_id, LoadRef::Market(i));
+        }
         self.timers.add_expiry(p.pickup_to, seq, Target::Load(i));
         out.head(cid, LOAD_RESTED, now, &self.books[b as usize].key_json);
         out.buf.extend_from_slice(b"{\"load_id\":");
@@ -367,7 +384,7 @@ impl Engine {
         if p.available_to < now {
             return self.reject(out, cid, key, Some(p.offer_id), Reason::Expired);
         }
-        if self.offers.contains_key(p.offer_id) {
+        if self.id_maps() && self.offers.contains_key(p.offer_id) {
             return self.reject(out, cid, key, Some(p.offer_id), Reason::DuplicateId);
         }
         let b = self.book(&p.lane);
@@ -429,7 +446,9 @@ impl Engine {
             seq,
         });
         self.books[b as usize].add_offer(p.ask_fen, i);
-        self.offers.insert(offer_id, i);
+        if self.id_maps() {
+            self.offers.insert(offer_id, i);
+        }
         self.timers
             .add_expiry(p.available_to, seq, Target::Offer(i));
         out.head(cid, OFFER_RESTED, now, &self.books[b as usize].key_json);
