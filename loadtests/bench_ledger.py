@@ -137,7 +137,11 @@ class Loads:
         self.dealt: list[tuple[str, str, int]] = []  # (hold id, shipper, price)
 
     def funding(self, amount_fen: int) -> list:
-        return [t for s in self.shippers for t in self.p.deposit(f"fund-{s}", s, amount_fen)]
+        return [
+            t
+            for s in self.shippers
+            for t in self.p.deposit(f"fund-{s}", s, amount_fen, f"fund-{s}")
+        ]
 
     def step(self, new_loads: int) -> list:
         p, n = self.p, self.step_no
@@ -290,7 +294,9 @@ async def bench_settler(
         for pid in shippers + carriers:
             accounts += postings.participant_accounts(pid)
         await ledger.open_accounts(accounts)
-        await ledger.apply([t for s in shippers for t in postings.deposit(f"fund-{s}", s, 10**12)])
+        await ledger.apply(
+            [t for s in shippers for t in postings.deposit(f"fund-{s}", s, 10**12, f"fund-{s}")]
+        )
         lane = {"origin": "420100", "destination": "420600", "vehicle_class": "van-9.6"}
         key = "420100>420600>van-9.6"
         say(f"settler: placing {loads:,} holds (untimed)")

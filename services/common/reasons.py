@@ -37,5 +37,10 @@ GATE_REJECTS: tuple[str, ...] = (INSUFFICIENT_FUNDS, UNKNOWN_SHIPPER, SUSPENDED,
 
 # Withdrawals (settlement): unknown_participant when the gate has no such participant.
 UNKNOWN_PARTICIPANT = "unknown_participant"
+# Deposits and withdrawals (settlement): the participant's bank reference already names a
+# booked transfer of that kind; the money moved once, with the first command.
+DUPLICATE_BANK_REF = "duplicate_bank_ref"
 
-ALL: frozenset[str] = frozenset(ENGINE_REJECT_PRECEDENCE + GATE_REJECTS + (UNKNOWN_PARTICIPANT,))
+ALL: frozenset[str] = frozenset(
+    ENGINE_REJECT_PRECEDENCE + GATE_REJECTS + (UNKNOWN_PARTICIPANT, DUPLICATE_BANK_REF)
+)

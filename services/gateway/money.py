@@ -40,7 +40,9 @@ class MoneyRequest(BaseModel):
     bank_ref: Annotated[
         str,
         StringConstraints(min_length=1, max_length=200, pattern=r"^[!-~]+$"),
-        Field(description="the bank rail's reference of the transfer", examples=["ICBC-20261127-0001"]),
+        Field(description="the bank rail's reference of the transfer; a reference moves money"
+                          " once per participant and kind (sent again: duplicate_bank_ref)",
+              examples=["ICBC-20261127-0001"]),
     ]  # fmt: skip
 
 
@@ -57,7 +59,12 @@ class MoneyStatus(BaseModel):
     bank_ref: str
     requested_at: int
     status: Literal["requested", "completed", "rejected"]
-    reason: str | None = Field(None, description="why a withdrawal was refused: insufficient_funds")
+    reason: str | None = Field(
+        None,
+        description="why it was refused: insufficient_funds (a withdrawal), or"
+        " duplicate_bank_ref (the caller's bank_ref already names a booked deposit or"
+        " withdrawal of that kind: the money moved once, with the first request)",
+    )
 
 
 class Balance(BaseModel):

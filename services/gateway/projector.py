@@ -286,5 +286,6 @@ _HANDLERS = {
     # Money of participants, not of loads: nothing to show here.
     "funds.deposited": lambda d, env: Fold(),
     "funds.withdrawn": lambda d, env: Fold(),
+    "deposit.rejected": lambda d, env: Fold(),
     "withdrawal.rejected": lambda d, env: Fold(),
 }

@@ -21,8 +21,10 @@ ledger answers and the ledger is asked once per batch:
   came, byte for byte.
 - participant.register / participant.suspend: the gate's participant rows and the
   participant's accounts; nothing is produced.
-- funds.deposit -> funds.deposited; funds.withdraw -> funds.withdrawn or
-  withdrawal.rejected (insufficient_funds, unknown_participant).
+- funds.deposit -> funds.deposited, or deposit.rejected (duplicate_bank_ref);
+  funds.withdraw -> funds.withdrawn or withdrawal.rejected (insufficient_funds,
+  unknown_participant, duplicate_bank_ref). A bank reference moves money once per
+  participant and kind: the transfer's id is named by it (postings.bank_transfer_id).
 
 The outputs are bytes, built deterministically from the command (id = command id +
 ":gate:" + index, ts = the command's ts, cause = the command id, source "settlement"): deciding the
@@ -47,6 +49,7 @@ from services.settlement.ledger import (
     DEBIT_ACCOUNT_NOT_FOUND,
     EXCEEDS_CREDITS,
     EXISTS,
+    EXISTS_WITH_DIFFERENT_FIELDS,
     OK,
     Account,
     Transfer,
@@ -81,6 +84,7 @@ REGISTERED = "registered"
 PARTICIPANT_SUSPENDED = "participant_suspended"
 IGNORED = "ignored"  # a suspend of a participant the gate does not know
 DEPOSITED = "deposited"
+DEPOSIT_REJECTED = "deposit_rejected"  # only ever duplicate_bank_ref
 WITHDRAWN = "withdrawn"
 WITHDRAWAL_REJECTED = "withdrawal_rejected"
 # The ledger refused a transfer for a reason that is no participant's doing (an amount
@@ -326,7 +330,7 @@ class _Planner:
         # refusing it here would lose it from the books. It waits there for the
         # participant's registration (which finds the account open) or a withdrawal.
         self.out.accounts.append(postings.participant_accounts(pid)[0])
-        transfers = postings.deposit(c.id, pid, d["amount_fen"])
+        transfers = postings.deposit(c.id, pid, d["amount_fen"], d["bank_ref"])
 
         def finish(results: Sequence[str]) -> Decision:
             (result,) = results
@@ -334,12 +338,17 @@ class _Planner:
                 return _decision(
                     c, DEPOSITED, None, [_money_event(c, "funds.deposited", transfers[0].id)]
                 )
+            if result == EXISTS_WITH_DIFFERENT_FIELDS:
+                # The id is the bank reference's, recorded under another command (the
+                # cause differs): this money was booked once already.
+                return _money_rejected(c, DEPOSIT_REJECTED, reasons.DUPLICATE_BANK_REF)
             return _decision(c, LEDGER_REFUSED, result, [])
 
         self._step(transfers, finish)
 
     def _withdraw(self, c: Command) -> None:
-        transfers = postings.withdrawal(c.id, c.data["participant_id"], c.data["amount_fen"])
+        d = c.data
+        transfers = postings.withdrawal(c.id, d["participant_id"], d["amount_fen"], d["bank_ref"])
 
         def finish(results: Sequence[str]) -> Decision:
             (result,) = results
@@ -348,15 +357,11 @@ class _Planner:
                     c, WITHDRAWN, None, [_money_event(c, "funds.withdrawn", transfers[0].id)]
                 )
             reason = {EXCEEDS_CREDITS: reasons.INSUFFICIENT_FUNDS,
-                      DEBIT_ACCOUNT_NOT_FOUND: reasons.UNKNOWN_PARTICIPANT}.get(result)  # fmt: skip
+                      DEBIT_ACCOUNT_NOT_FOUND: reasons.UNKNOWN_PARTICIPANT,
+                      EXISTS_WITH_DIFFERENT_FIELDS: reasons.DUPLICATE_BANK_REF}.get(result)  # fmt: skip
             if reason is None:
                 return _decision(c, LEDGER_REFUSED, result, [])
-            d = c.data
-            rejected = _event(c, 0, "withdrawal.rejected", d["participant_id"], {
-                "participant_id": d["participant_id"], "amount_fen": d["amount_fen"],
-                "bank_ref": d["bank_ref"], "reason": reason,
-            })  # fmt: skip
-            return _decision(c, WITHDRAWAL_REJECTED, reason, [rejected])
+            return _money_rejected(c, WITHDRAWAL_REJECTED, reason)
 
         self._step(transfers, finish)
 
@@ -414,6 +419,17 @@ def _load_rejected(c: Command, reason: str) -> Decision:
         "load_id": d["load_id"], "shipper_id": d["shipper_id"], "reason": reason,
     })  # fmt: skip
     return _decision(c, REJECTED, reason, [event])
+
+
+def _money_rejected(c: Command, outcome: str, reason: str) -> Decision:
+    """deposit.rejected or withdrawal.rejected: nothing moved."""
+    d = c.data
+    type_ = "deposit.rejected" if outcome == DEPOSIT_REJECTED else "withdrawal.rejected"
+    rejected = _event(c, 0, type_, d["participant_id"], {
+        "participant_id": d["participant_id"], "amount_fen": d["amount_fen"],
+        "bank_ref": d["bank_ref"], "reason": reason,
+    })  # fmt: skip
+    return _decision(c, outcome, reason, [rejected])
 
 
 def _money_event(c: Command, type_: str, transfer_id: str) -> Output:

@@ -77,13 +77,29 @@ class FeeSchedule:
         return min(price_fen, max(self.minimum_fen, fee))
 
 
-def deposit(event_id: str, participant_id: str, amount_fen: int) -> list[Transfer]:
-    return [Transfer(transfer_id(event_id, "deposit"), SINGLE_PHASE, CLEARING_ACCOUNT_ID,
-                     cash_account_id(participant_id), amount_fen, code="deposit", cause=event_id)]  # fmt: skip
+def bank_transfer_id(participant_id: str, bank_ref: str, leg: str) -> str:
+    """The id of a deposit's or withdrawal's transfer: named by the bank rail's reference,
+    not by the command, because the money movement is the bank's. The same reference sent
+    twice (under two commands, say after a client lost its Idempotency-Key) then finds the
+    id recorded and moves nothing. Scoped by participant, so no one can take another's
+    reference; a bank_ref has no space (schema: printable ASCII), so the space ends it and
+    no two (participant, reference) pairs share an id."""
+    return transfer_id(f"bank {bank_ref} {participant_id}", leg)
 
 
-def withdrawal(event_id: str, participant_id: str, amount_fen: int) -> list[Transfer]:
-    return [Transfer(transfer_id(event_id, "withdrawal"), SINGLE_PHASE,
+def deposit(event_id: str, participant_id: str, amount_fen: int, bank_ref: str) -> list[Transfer]:
+    """Clearing -> the participant's cash; see bank_transfer_id for the id."""
+    return [Transfer(bank_transfer_id(participant_id, bank_ref, "deposit"), SINGLE_PHASE,
+                     CLEARING_ACCOUNT_ID, cash_account_id(participant_id), amount_fen,
+                     code="deposit", cause=event_id)]  # fmt: skip
+
+
+def withdrawal(
+    event_id: str, participant_id: str, amount_fen: int, bank_ref: str
+) -> list[Transfer]:
+    """The participant's cash -> clearing; see bank_transfer_id for the id. A refused
+    withdrawal is not recorded, so its reference may be sent again."""
+    return [Transfer(bank_transfer_id(participant_id, bank_ref, "withdrawal"), SINGLE_PHASE,
                      cash_account_id(participant_id), CLEARING_ACCOUNT_ID, amount_fen,
                      code="withdrawal", cause=event_id)]  # fmt: skip
 

@@ -45,13 +45,12 @@ async def get(client, path: str) -> dict:
     return r.json()
 
 
-async def deposit(client, amount_fen: int) -> None:
-    req = await post(
-        client, "/v1/deposits", {"amount_fen": amount_fen, "bank_ref": uuid.uuid4().hex}
-    )
-    done = await until(lambda: get(client, f"/v1/money/{req['request_id']}"),
+async def deposit(client, amount_fen: int, bank_ref: str | None = None) -> dict:
+    """POST /v1/deposits (a new Idempotency-Key each time); the request once decided."""
+    bank_ref = bank_ref or uuid.uuid4().hex
+    req = await post(client, "/v1/deposits", {"amount_fen": amount_fen, "bank_ref": bank_ref})
+    return await until(lambda: get(client, f"/v1/money/{req['request_id']}"),
                        lambda m: m["status"] != "requested", what="deposit")  # fmt: skip
-    assert done["status"] == "completed", done
 
 
 async def load_status(client, load_id: str, *statuses: str, timeout_s: float = 60.0) -> dict:
@@ -73,7 +72,11 @@ async def test_post_fund_match_deal_deliver_settle(exchange):
     carrier_id, carrier_key = await exchange.participant("carrier")
     shipper, carrier = exchange.client(shipper_key), exchange.client(carrier_key)
     async with shipper, carrier:
-        await deposit(shipper, 1_000_000)
+        assert (await deposit(shipper, 1_000_000, "BANK-e2e-1"))["status"] == "completed"
+        # The same bank transfer reported again (a client that lost its Idempotency-Key):
+        # refused, and the money is on the books once.
+        again = await deposit(shipper, 1_000_000, "BANK-e2e-1")
+        assert (again["status"], again["reason"]) == ("rejected", "duplicate_bank_ref"), again
         assert await get(shipper, "/v1/account") == {
             "participant_id": (await get(shipper, "/v1/me"))["participant_id"],
             "available_fen": 1_000_000, "held_fen": 0,
@@ -132,7 +135,7 @@ async def test_auction_won_on_the_stream_disputed_and_split(exchange):
     shipper, operator = exchange.client(shipper_key), exchange.client(operator_key)
     async with shipper, operator, CarrierClient(exchange.gateway_url, carrier_key,
                                                  lanes=["420500>420100>flatbed-13"]) as stream:  # fmt: skip
-        await deposit(shipper, 500_000)
+        assert (await deposit(shipper, 500_000))["status"] == "completed"
         body = market_load(lane=lane)
         del body["limit_fen"]
         body.update(mode="auction", auction={"closes_at": now_ms() + 4_000, "reserve_fen": 400_000,

@@ -288,7 +288,12 @@ MONEY = [
     withdraw("w-short", "S2", 600_001),
     withdraw("w-nobody", "X9", 5),
     deposit("dep-U1", "U1", 42_000),  # not registered: kept on a new cash account
-]
+    # Bank references sent again under new command ids: refused, nothing moves.
+    participant("again-dep-S1", "funds.deposit", participant_id="S1", amount_fen=1_000_000,
+                bank_ref="ICBC-dep-S1"),
+    participant("w-ok-again", "funds.withdraw", participant_id="S2", amount_fen=400_000,
+                bank_ref="ICBC-w-ok"),
+]  # fmt: skip
 
 # Bad records: undecodable, a valid envelope of a type that is no gate command, bad data.
 GARBAGE = [
@@ -347,6 +352,8 @@ async def test_gate_funds_forwards_in_lane_order_and_rejects_without_forwarding(
         ("withdrawal.rejected", "S2", "insufficient_funds"): 1,
         ("withdrawal.rejected", "X9", "unknown_participant"): 1,
         ("funds.deposited", "U1", None): 1,
+        ("deposit.rejected", "S1", "duplicate_bank_ref"): 1,
+        ("withdrawal.rejected", "S2", "duplicate_bank_ref"): 1,
     })  # fmt: skip
     funded = {e["key"]: e["data"]["hold_fen"] for e in events if e["type"] == "load.funded"}
     assert funded == {"L1": 300_000, "L2": CAP_FEN, "L7": 105_000}
@@ -435,7 +442,7 @@ async def test_gate_forwards_same_decision_after_crash(
     assert recorded_orders <= in_orders  # the recorded bytes, not new ones
     events = await settlement_events(kafka_bootstrap, prefix)
     assert recorded_settlement <= {encode(e) for e in events}
-    assert len(events) == len({e["id"] for e in events}) == 4 + 8 + 4
+    assert len(events) == len({e["id"] for e in events}) == 4 + 8 + len(MONEY)
     assert gauge("wlex_settlement_gate_resent_decisions_total") - resent == len(rows)
     # The recorded decisions were not taken again: each hold once.
     assert await pool.fetchval("SELECT count(*) FROM transfers WHERE code = 'hold'") == 3

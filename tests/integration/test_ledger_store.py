@@ -85,10 +85,10 @@ async def test_a_batch_applies_inside_the_callers_transaction(store, pool):
     async with pool.acquire() as conn:
         with pytest.raises(RuntimeError):
             async with conn.transaction():
-                assert await apply_in(conn, P.deposit("d1", "p0", 500)) == [L.OK]
+                assert await apply_in(conn, P.deposit("d1", "p0", 500, "d1")) == [L.OK]
                 raise RuntimeError("the inbox insert failed")
     assert (await store.accounts(["cash:p0"]))[0].credits_posted_fen == 0
-    assert await store.apply(P.deposit("d1", "p0", 500)) == [L.OK]
+    assert await store.apply(P.deposit("d1", "p0", 500, "d1")) == [L.OK]
 
 
 def stream(
@@ -130,7 +130,7 @@ async def test_two_instances_at_once_apply_each_transfer_once_and_keep_balances_
         a for p in shippers + carriers for a in P.participant_accounts(p)
     ]
     await setup.open_accounts(accounts)
-    funding = [t for s in shippers for t in P.deposit(f"fund-{s}", s, 10_000_000)]
+    funding = [t for s in shippers for t in P.deposit(f"fund-{s}", s, 10_000_000, f"fund-{s}")]
     assert await setup.apply(funding) == [L.OK] * len(funding)
 
     shared = stream("shared", shippers, carriers, 12, seed=7)  # both instances get these
@@ -174,7 +174,7 @@ async def test_two_instances_at_once_apply_each_transfer_once_and_keep_balances_
 async def test_an_id_two_instances_both_thought_new_is_applied_once(store, pool):
     """Disjoint accounts, so no lock orders them: the primary key does, and the loser's
     batch runs again and sees what the winner did."""
-    await store.apply(P.deposit("d0", "p0", 1_000) + P.deposit("d2", "p2", 1_000))
+    await store.apply(P.deposit("d0", "p0", 1_000, "d0") + P.deposit("d2", "p2", 1_000, "d2"))
     first = L.Transfer("x", L.SINGLE_PHASE, "cash:p0", "cash:p1", 100)
     second = L.Transfer("x", L.SINGLE_PHASE, "cash:p2", "premiums:p2", 100)
     async with pool.acquire() as conn:
@@ -192,7 +192,7 @@ async def test_an_id_two_instances_both_thought_new_is_applied_once(store, pool)
 
 
 async def test_the_database_refuses_a_participant_below_zero_even_around_the_rules(store, pool):
-    await store.apply(P.deposit("d", "p0", 1_000))
+    await store.apply(P.deposit("d", "p0", 1_000, "d"))
     async with pool.acquire() as conn:
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE accounts SET debits_posted_fen = 1001 WHERE id = 'cash:p0'")
@@ -208,7 +208,7 @@ async def test_check_and_cli_find_a_corrupted_row(unchecked_pool, database_url, 
     store = LedgerStore(pool)
     await store.open_accounts(chart())
     await store.apply(
-        P.deposit("d", "p0", 10_000) + P.hold("l", "p0", 4_000) + P.hold("m", "p0", 1_000)
+        P.deposit("d", "p0", 10_000, "d") + P.hold("l", "p0", 4_000) + P.hold("m", "p0", 1_000)
     )
     await store.apply(P.settle("x", "l:hold", "p1", 4_000, 500))
     # No hold left live: the CLI also runs the settler's hooks, and a live hold with no

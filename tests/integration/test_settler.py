@@ -53,7 +53,7 @@ async def pool(database_url, pg_schema):
     await store.open_accounts(P.platform_accounts() + P.participant_accounts("S1")
                               + P.participant_accounts("C1")
                               + P.participant_accounts("I1", insurer=True))  # fmt: skip
-    assert await store.apply(P.deposit("bank-1", "S1", DEPOSIT_FEN)) == [L.OK]
+    assert await store.apply(P.deposit("bank-1", "S1", DEPOSIT_FEN, "bank-1")) == [L.OK]
     yield p
     await db.close_pool(p)
 

@@ -22,7 +22,7 @@ async def pool(database_url, pg_schema):
     await store.open_accounts(accounts)
     # S1: deposit, hold, re-size, delivery (payout to C1, fee); C1 only the payout.
     for batch in (
-        P.deposit("d1", "S1", 1_000_000),
+        P.deposit("d1", "S1", 1_000_000, "d1"),
         P.hold("post-L1", "S1", 400_000),
         P.resize_hold("deal-L1", "post-L1:hold", "S1", 300_000),
         P.settle("pod-L1", "deal-L1:hold", "C1", 300_000, 6_000),
@@ -35,7 +35,7 @@ async def pool(database_url, pg_schema):
 async def test_a_statement_lists_the_cash_accounts_transfers_in_order_and_pages(pool):
     lines = await statement.lines(pool, "S1", 0, 100)
     assert [(x["transfer_id"], x["side"]) for x in lines] == [
-        ("d1:deposit", "credit"),
+        (P.bank_transfer_id("S1", "d1", "deposit"), "credit"),
         ("post-L1:hold", "debit"),
         ("deal-L1:resize", "debit"),
         ("deal-L1:hold", "debit"),

@@ -70,13 +70,19 @@ DATA: dict[str, dict] = {
         "participant_id": "S1",
         "amount_fen": 1_000_000,
         "bank_ref": "ICBC-0001",
-        "transfer_id": "c2:deposit",
+        "transfer_id": "bank ICBC-0001 S1:deposit",
     },
     "funds.withdrawn": {
         "participant_id": "C1",
         "amount_fen": 200_000,
         "bank_ref": "ICBC-0002",
-        "transfer_id": "c3:withdrawal",
+        "transfer_id": "bank ICBC-0002 C1:withdrawal",
+    },
+    "deposit.rejected": {
+        "participant_id": "S1",
+        "amount_fen": 1_000_000,
+        "bank_ref": "ICBC-0001",
+        "reason": "duplicate_bank_ref",
     },
     "withdrawal.rejected": {
         "participant_id": "C1",

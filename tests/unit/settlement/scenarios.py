@@ -69,9 +69,9 @@ class Scenario:
         op = self.draw(0, 10)
         p = self.pick(PARTICIPANTS)
         if op == 0:
-            return P.deposit(self.event(), p, self.amount(1, 2_000))
+            return P.deposit(self.event(), p, self.amount(1, 2_000), self.event())
         if op == 1:
-            return P.withdrawal(self.event(), p, self.amount(participant=p))
+            return P.withdrawal(self.event(), p, self.amount(participant=p), self.event())
         if op == 2:
             return self.hold(self.event(), p, self.amount(participant=p))
         if op in (3, 4, 5, 6):
@@ -108,7 +108,7 @@ class Scenario:
             self.pendings.append(out[1].id)
             self.held[out[1].id] = out[1].amount_fen
             return out
-        return P.deposit(self.event(), p, self.amount())
+        return P.deposit(self.event(), p, self.amount(), self.event())
 
     def batch(self, size_max: int = 6) -> list[L.Transfer]:
         out: list[L.Transfer] = []

@@ -14,7 +14,9 @@ def sound() -> L.Ledger:
     ledger = L.Ledger(
         P.platform_accounts() + P.participant_accounts("s") + P.participant_accounts("c")
     )
-    ledger.apply(P.deposit("d", "s", 10_000) + P.hold("l1", "s", 4_000) + P.hold("l2", "s", 1_000))
+    ledger.apply(
+        P.deposit("d", "s", 10_000, "d") + P.hold("l1", "s", 4_000) + P.hold("l2", "s", 1_000)
+    )
     ledger.apply(P.settle("x", "l1:hold", "c", 4_000, 400))
     return ledger
 

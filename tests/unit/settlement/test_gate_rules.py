@@ -52,7 +52,7 @@ def books(**cash_fen: int) -> L.Ledger:
     for pid, fen in cash_fen.items():
         ledger.open_accounts(P.participant_accounts(pid))
         if fen:
-            assert ledger.apply(P.deposit(f"seed-{pid}", pid, fen)) == [L.OK]
+            assert ledger.apply(P.deposit(f"seed-{pid}", pid, fen, f"seed-{pid}")) == [L.OK]
     return ledger
 
 
@@ -289,7 +289,9 @@ def test_deposit_credits_cash_and_says_so():
     (event,) = events(d)
     assert (event["type"], event["key"], event["id"], event["cause"]) == (
         "funds.deposited", "S1", "d1:gate:0", "d1")  # fmt: skip
-    assert event["data"] == dict(DATA["funds.deposit"], transfer_id="d1:deposit")
+    assert event["data"] == dict(
+        DATA["funds.deposit"], transfer_id=P.bank_transfer_id("S1", "ICBC-0001", "deposit")
+    )
     assert ledger.accounts["cash:S1"].available_fen == 1_000_000
 
 
@@ -315,7 +317,9 @@ def test_withdrawal(cash, outcome, reason):
     assert event["key"] == "C1" and event["id"] == "w1:gate:0"
     if outcome == G.WITHDRAWN:
         assert event["type"] == "funds.withdrawn"
-        assert event["data"] == dict(DATA["funds.withdraw"], transfer_id="w1:withdrawal")
+        assert event["data"] == dict(
+            DATA["funds.withdraw"], transfer_id=P.bank_transfer_id("C1", "ICBC-0002", "withdrawal")
+        )
         assert ledger.accounts["cash:C1"].available_fen == 0
     else:
         assert event["type"] == "withdrawal.rejected"
@@ -329,10 +333,70 @@ def test_a_withdrawal_cannot_take_money_held_for_a_load():
     assert w.reason == "insufficient_funds"
 
 
+def deposit(cid: str, bank_ref: str, pid: str = "S1", amount_fen: int = 1_000) -> G.Command:
+    data = {"participant_id": pid, "amount_fen": amount_fen, "bank_ref": bank_ref}
+    return command("funds.deposit", data, cid)
+
+
+def withdraw(cid: str, bank_ref: str, pid: str = "S1", amount_fen: int = 1_000) -> G.Command:
+    data = {"participant_id": pid, "amount_fen": amount_fen, "bank_ref": bank_ref}
+    return command("funds.withdraw", data, cid)
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+@pytest.mark.parametrize("amount_fen", [1_000, 2_000])
+def test_a_bank_reference_deposited_again_is_refused_and_moves_nothing(same_batch, amount_fen):
+    first, again = deposit("d1", "B-1"), deposit("d2", "B-1", amount_fen=amount_fen)
+    ledger = books(S1=0)
+    if same_batch:
+        (d1, d2), _, _ = run([first, again], ledger=ledger)
+    else:
+        (d1,), _, _ = run([first], ledger=ledger)
+        (d2,), _, _ = run([again], ledger=ledger)
+    assert (d1.outcome, d2.outcome, d2.reason) == (G.DEPOSITED, G.DEPOSIT_REJECTED,
+                                                   "duplicate_bank_ref")  # fmt: skip
+    (event,) = events(d2)
+    assert (event["type"], event["id"], event["cause"], event["key"]) == (
+        "deposit.rejected", "d2:gate:0", "d2", "S1")  # fmt: skip
+    assert event["data"] == {"participant_id": "S1", "amount_fen": amount_fen,
+                             "bank_ref": "B-1", "reason": "duplicate_bank_ref"}  # fmt: skip
+    assert ledger.accounts["cash:S1"].available_fen == 1_000
+    assert [t.cause for t in ledger.transfers.values() if t.code == "deposit"] == ["d1"]
+
+
+def test_a_withdrawal_reference_pays_out_once_and_a_refused_one_may_be_sent_again():
+    ledger = books(S1=1_500)
+    (w1, w2, w3), _, _ = run([withdraw("w1", "P-1"), withdraw("w2", "P-1"),
+                              withdraw("w3", "P-2")], ledger=ledger)  # fmt: skip
+    assert [(w.outcome, w.reason) for w in (w1, w2, w3)] == [
+        (G.WITHDRAWN, None),
+        (G.WITHDRAWAL_REJECTED, "duplicate_bank_ref"),
+        (G.WITHDRAWAL_REJECTED, "insufficient_funds"),  # 500 left
+    ]
+    assert [e["type"] for e in events(w2)] == ["withdrawal.rejected"]
+    # P-2 moved nothing, so after a deposit the same reference pays out.
+    (_, w4), _, _ = run([deposit("d9", "B-9"), withdraw("w4", "P-2")], ledger=ledger)
+    assert w4.outcome == G.WITHDRAWN
+    assert ledger.accounts["cash:S1"].available_fen == 1_500 + 1_000 - 2_000
+
+
+def test_a_bank_reference_is_the_participants_own_and_per_kind():
+    # The same reference by two participants, and as a deposit and as a withdrawal,
+    # names four movements; ids are not confused by separators inside the ids either.
+    ledger = books(S1=0, S2=0)
+    ledger.open_accounts(P.participant_accounts("a:b") + P.participant_accounts("a"))
+    cs = [deposit("d1", "B-1"), deposit("d2", "B-1", pid="S2"), withdraw("w1", "B-1"),
+          deposit("d3", "c", pid="a:b"), deposit("d4", "b:c", pid="a")]  # fmt: skip
+    decisions, _, _ = run(cs, ledger=ledger)
+    assert [d.outcome for d in decisions] == [G.DEPOSITED, G.DEPOSITED, G.WITHDRAWN,
+                                              G.DEPOSITED, G.DEPOSITED]  # fmt: skip
+    assert len({P.bank_transfer_id(p, r, "deposit") for p, r in [("a:b", "c"), ("a", "b:c")]}) == 2
+
+
 def test_a_ledger_refusal_that_is_nobodys_doing_produces_nothing():
     big = 2**63 - 1
     ledger = books(S1=0)
-    ledger.apply(P.deposit("seed-big", "S1", big))
+    ledger.apply(P.deposit("seed-big", "S1", big, "seed-big"))
     (d,), _, _ = run([command("funds.deposit", dict(DATA["funds.deposit"], amount_fen=1), "d1")],
                      ledger=ledger)  # fmt: skip
     assert (d.outcome, d.reason, d.outputs) == (G.LEDGER_REFUSED, L.OVERFLOWS, ())

@@ -16,7 +16,7 @@ CASH_S, CASH_C = P.cash_account_id(SHIPPER), P.cash_account_id(CARRIER)
 def books(funded_fen: int = 10_000) -> L.Ledger:
     ledger = L.Ledger(P.platform_accounts() + P.participant_accounts(SHIPPER)
                       + P.participant_accounts(CARRIER) + P.participant_accounts(INSURER, insurer=True))  # fmt: skip
-    assert ledger.apply(P.deposit("fund", SHIPPER, funded_fen)) == [L.OK]
+    assert ledger.apply(P.deposit("fund", SHIPPER, funded_fen, "fund")) == [L.OK]
     # No kind of ours lacks both limits; this one lets the clearing limit be reached.
     ledger.open_accounts([L.Account("unlimited", L.CLEARING)])
     return ledger
@@ -90,7 +90,10 @@ def test_a_failed_chain_leaves_no_trace_and_names_its_failing_transfer():
              pay("x", 500)]  # 600 posted leaves 400: the third transfer fails  # fmt: skip
     assert ledger.apply(chain) == [L.LINKED_EVENT_FAILED, L.LINKED_EVENT_FAILED, L.EXCEEDS_CREDITS]
     assert {a.id: a.balances() for a in ledger.accounts.values()} == before
-    assert set(ledger.transfers) == {"fund:deposit"} and "h" not in ledger.pending_states
+    assert (
+        set(ledger.transfers) == {P.bank_transfer_id(SHIPPER, "fund", "deposit")}
+        and "h" not in ledger.pending_states
+    )
 
 
 def test_a_chain_left_open_at_the_end_of_the_batch_is_refused():
@@ -111,7 +114,7 @@ def test_a_chain_that_uses_an_id_twice_fails_as_a_whole():
     ledger = books()
     assert ledger.apply([pay("x", 100, linked=True), pay("x", 100)]) == [
         L.LINKED_EVENT_FAILED, L.EXISTS_WITH_DIFFERENT_FIELDS]  # fmt: skip
-    assert ledger.transfers.keys() == {"fund:deposit"}
+    assert ledger.transfers.keys() == {P.bank_transfer_id(SHIPPER, "fund", "deposit")}
 
 
 def test_a_hold_counts_against_what_the_shipper_may_spend():
@@ -237,7 +240,7 @@ def test_dispute_resolutions_release_refund_or_split():
 def test_release_of_a_hold_returns_everything_to_the_shipper():
     ledger = books(10_000)
     ledger.apply(P.hold("l", SHIPPER, 10_000))
-    assert ledger.apply(P.withdrawal("w", SHIPPER, 1)) == [L.EXCEEDS_CREDITS]
+    assert ledger.apply(P.withdrawal("w", SHIPPER, 1, "w")) == [L.EXCEEDS_CREDITS]
     assert ledger.apply(P.release_hold("c", "l:hold")) == [L.OK]
-    assert ledger.apply(P.withdrawal("w", SHIPPER, 10_000)) == [L.OK]
+    assert ledger.apply(P.withdrawal("w", SHIPPER, 10_000, "w")) == [L.OK]
     assert ledger.accounts[P.CLEARING_ACCOUNT_ID].balances() == (0, 10_000, 0, 10_000)
