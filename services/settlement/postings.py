@@ -191,11 +191,13 @@ def resolve_refund(event_id: str, hold_id: str) -> list[Transfer]:
 
 
 def resolve_split(event_id: str, hold_id: str, carrier_id: str, carrier_price_fen: int,
-                  fee_fen: int) -> list[Transfer]:  # fmt: skip
-    """Operator: carrier_price_fen of the hold is settled as a price, the rest refunded."""
+                  fee_fen: int, **premium) -> list[Transfer]:  # fmt: skip
+    """Operator: carrier_price_fen of the hold is settled as a price, the rest refunded.
+    The insurer is paid its premium as at delivery: the cargo travelled under its policy,
+    and a split is what follows a loss the policy covers."""
     return [
         _unfreeze(event_id, hold_id),
-        *settle(event_id, hold_id, carrier_id, carrier_price_fen, fee_fen, code="split"),
+        *settle(event_id, hold_id, carrier_id, carrier_price_fen, fee_fen, code="split", **premium),
     ]
 
 

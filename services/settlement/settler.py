@@ -267,9 +267,10 @@ def _decided(e: dict, row: LoadHold | None, fees: postings.FeeSchedule) -> Effec
         if carrier_fen is None or carrier_fen > row.price_fen:
             return Effect(e, row.load_id, REFUSED, "invalid_split", before=row)
         fee = fees.fee_fen(carrier_fen)
-        # postings.resolve_split pays no premium: the premium goes back with the rest.
-        transfers = postings.resolve_split(eid, row.hold_id, row.carrier_id, carrier_fen, fee)
-        out = _settled_event(e, row, "split", carrier_fen, fee, 0)
+        premium = _premium(row)
+        transfers = postings.resolve_split(eid, row.hold_id, row.carrier_id, carrier_fen, fee,
+                                           **premium)  # fmt: skip
+        out = _settled_event(e, row, "split", carrier_fen, fee, premium.get("premium_fen", 0))
     after = row.moved(SETTLED, ts)
     return Effect(e, row.load_id, APPLIED, "", tuple(transfers), row, after, out)
 

@@ -58,7 +58,7 @@ def books(*accounts_extra: str) -> L.Ledger:
     accounts = P.platform_accounts() + P.participant_accounts("S1") + P.participant_accounts("C1")
     accounts += P.participant_accounts("I1", insurer=True)
     ledger = L.Ledger(accounts)
-    assert ledger.apply(P.deposit("dep", "S1", 1_000_000)) == [L.OK]
+    assert ledger.apply(P.deposit("dep", "S1", 1_000_000, "dep")) == [L.OK]
     return ledger
 
 
@@ -328,6 +328,27 @@ def test_decision_split_settles_carrier_fen_as_the_price_and_refunds_the_rest():
         4_000,
         100_000,
     )
+
+
+@pytest.mark.parametrize("resolution", ["split", "release", "refund"])
+def test_an_insured_deal_decided_pays_the_premium_unless_refunded(resolution):
+    row, ledger = dealt(held(hold_fen=355_000, premium_fen=5_000, insurer_id="I1"))
+    assert row.hold_fen == 305_000  # the price and the premium
+    for ev in (shipment("shipment.disputed", eid="dispute-1"),
+               shipment("dispute.decided", eid="dec-1", resolution=resolution,
+                        carrier_fen=200_000 if resolution == "split" else None)):  # fmt: skip
+        ef = S.decide(ev, row, FEES)
+        apply(ledger, ef)
+        row = ef.after
+    paid = {"split": 200_000, "release": 300_000, "refund": 0}[resolution]
+    premium = 0 if resolution == "refund" else 5_000
+    assert ledger.accounts["premiums:I1"].credits_posted_fen == premium
+    assert ledger.accounts["cash:S1"].available_fen == 1_000_000 - paid - premium
+    assert ledger.accounts["escrow"].balances() == (0, paid + premium, 0, paid + premium)
+    if resolution != "refund":
+        data = valid(ef)[0]["data"]
+        assert (data["premium_fen"], data["insurer_id"], data["refund_fen"]) == (
+            5_000, "I1", 300_000 - paid)  # fmt: skip
 
 
 @pytest.mark.parametrize("carrier_fen", [None, 300_001])
