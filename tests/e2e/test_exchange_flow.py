@@ -122,6 +122,23 @@ async def test_post_fund_match_deal_deliver_settle(exchange):
         assert (await get(carrier, "/v1/account"))["available_fen"] == 200_000 - fee
         statement = await get(carrier, "/v1/account/statement?limit=100")
         assert [line["code"] for line in statement["items"]] == ["payout", "withdrawal"]
+        # The shipper's statement walked two lines a page gives the whole of it, once.
+        whole = await get(shipper, "/v1/account/statement?limit=100")
+        assert whole["next_cursor"] is None
+        assert [x["code"] for x in whole["items"]] == ["deposit", "hold", "resize", "hold",
+                                                       "delivery"]  # fmt: skip
+        walked, cursor = [], None
+        for _ in range(10):
+            page = await get(shipper, "/v1/account/statement?limit=2"
+                             + (f"&cursor={cursor}" if cursor else ""))  # fmt: skip
+            assert len(page["items"]) <= 2
+            walked += page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert walked == whole["items"]
+        bad = await shipper.get("/v1/account/statement?cursor=not-ours")
+        assert bad.status_code == 422 and bad.json()["type"].endswith("/invalid"), bad.text
 
     done = ledger_check(exchange)
     assert done.returncode == 0, done.stdout + done.stderr
