@@ -4,6 +4,8 @@ One process runs the three parts of settlement over one PostgreSQL pool:
 - the funding gate (gate_service.py): `commands` -> holds, decisions -> `orders`;
 - the settler (settler_service.py): `market` and `shipments` -> the ledger, inbox, outbox;
 - the outbox relay (outbox.py): the settler's outbox -> `settlement`;
+- on instance 0, the invariant audit (audit.py): the ledger's invariants checked every
+  `ledger_check_interval_s`, for the gauge wlex_settlement_invariant_violations;
 and serves, beside /metrics and /healthz, the read API (read_api.py) the gateway asks
 for balances and statements. /healthz turns ready when all three loops run; when one of
 them fails the process exits (non-zero) and its supervisor restarts it, which is safe at
@@ -18,6 +20,7 @@ import logging
 from services.common.observability import router as observability_router
 from services.common.runner import ServiceContext, instance_settings, run_service
 from services.settlement import read_api, store
+from services.settlement.audit import InvariantAudit
 from services.settlement.config import SettlementSettings
 from services.settlement.gate_service import FundingGate
 from services.settlement.metrics import settlement_metrics
@@ -59,6 +62,10 @@ async def main(ctx: ServiceContext) -> None:
         asyncio.create_task(settler.run(ctx), name="settler"),
         asyncio.create_task(relay.run(ctx), name="outbox relay"),
     ]
+    # Not among the parts whose end ends the service: the audit watches, it may stop early
+    # (turned off) and never fails.
+    audit = asyncio.create_task(InvariantAudit(settings, pool, metrics).run(ctx.stop),
+                                name="invariant audit")  # fmt: skip
     readiness = asyncio.create_task(_ready_when(ctx, gate.ready, settler.ready, relay.ready))
     try:
         # The first part to end (a failure, or a stop) ends the service: the others
@@ -71,7 +78,7 @@ async def main(ctx: ServiceContext) -> None:
                 raise task.exception()
     finally:
         readiness.cancel()
-        for task in tasks:
+        for task in (*tasks, audit):
             task.cancel()
 
 

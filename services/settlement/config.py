@@ -38,6 +38,11 @@ class SettlementSettings(Settings):
     outbox_batch_max: int = 1000
     outbox_poll_interval_s: float = 0.05
 
+    # The ledger's invariants checked by instance 0 (audit.py), feeding the gauge
+    # wlex_settlement_invariant_violations: seconds between rounds, 0 for never. Each
+    # round reads every transfer, so this is minutes on a large ledger, not seconds.
+    ledger_check_interval_s: float = 60.0
+
     def owned_partitions(self, partition_count: int) -> list[int]:
         """The partitions of an input topic this instance owns."""
         n, i = self.settlement_instances, self.settlement_instance

@@ -4,7 +4,7 @@ Labels are bounded: outcome and reason words (services.common.reasons and the ga
 fixed outcomes), transaction outcome, partition of an input topic (a fixed count).
 Never a lane, participant, load or command id. The Kafka adapter's own series are
 kafka_metrics("settlement") (wlex_settlement_kafka_*); the ledger's invariant gauge is
-check.invariant_gauge().
+check.invariant_gauge(), set by the service's audit (audit.py) in `registry`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class SettlementMetrics:
     settler_deferred: Gauge  # shipments events waiting for their deal.made
     settler_lag: Gauge  # labels: topic, partition (a fixed count of each)
     outbox_unsent: Gauge
+    # -- the invariant audit (audit.py) --------------------------------------------------
+    invariant_checks: Counter  # labels: outcome (ok, broken, error)
+    invariant_check_seconds: Histogram
+    registry: CollectorRegistry  # where check.publish sets the invariant gauge
 
 
 @cache
@@ -149,4 +153,19 @@ def settlement_metrics(registry: CollectorRegistry = REGISTRY) -> SettlementMetr
             "Settlement events written by the settler and not yet acknowledged by Kafka.",
             registry=registry,
         ),
+        invariant_checks=Counter(
+            f"{p}_invariant_checks_total",
+            "Rounds of the service's ledger invariant check by outcome: ok, broken (some"
+            " invariant does not hold: wlex_settlement_invariant_violations says which), error"
+            " (the check could not run).",
+            ["outcome"],
+            registry=registry,
+        ),
+        invariant_check_seconds=Histogram(
+            f"{p}_invariant_check_seconds",
+            "One round of the ledger invariant check (it reads every transfer).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        ),
+        registry=registry,
     )

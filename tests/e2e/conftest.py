@@ -30,6 +30,7 @@ class Exchange:
     gateway_schema: str
     settlement_schema: str
     topic_prefix: str
+    settlement_url: str
 
     async def participant(self, role: str, name: str | None = None) -> tuple[str, str]:
         """(participant id, API key), registered as `wlex participants create` does."""
@@ -72,6 +73,9 @@ def exchange(kafka_bootstrap, database_url):
             # Auctions close on the matching clock's ticks: a short interval keeps the
             # test short.
             "WLEX_MATCHING_TICK_INTERVAL_MS": "200",
+            # The settlement service's invariant audit every second, while trading: a
+            # snapshot that broke one would be counted (audit_clean checks the count).
+            "WLEX_LEDGER_CHECK_INTERVAL_S": "1",
         },
     )
     stack = Stack(config, log=lambda msg: print(f"[e2e] {msg}"))
@@ -79,7 +83,8 @@ def exchange(kafka_bootstrap, database_url):
         stack.up()
         services = stack.services()
         yield Exchange(stack, f"http://127.0.0.1:{services['gateway']}", database_url,
-                       gateway_schema, settlement_schema, config.topic_prefix)  # fmt: skip
+                       gateway_schema, settlement_schema, config.topic_prefix,
+                       f"http://127.0.0.1:{services['settlement']}")  # fmt: skip
     finally:
         logs = stack.log_dir
         stack.down()

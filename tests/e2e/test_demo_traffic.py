@@ -9,7 +9,7 @@ import pytest
 
 from services.sim.orders import AuctionTiming
 from services.sim.run import SimConfig, run
-from tests.e2e.test_exchange_flow import get, ledger_check
+from tests.e2e.test_exchange_flow import audit_clean, get, ledger_check
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -64,3 +64,5 @@ async def test_simulated_shippers_and_carriers_trade_deliver_and_settle(exchange
 
     done = ledger_check(exchange)
     assert done.returncode == 0, done.stdout + done.stderr
+    # The audit ran every second while the simulated market traded (a minute or so).
+    await audit_clean(exchange, rounds_min=10)

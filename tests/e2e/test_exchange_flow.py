@@ -11,7 +11,9 @@ import sys
 import time
 import uuid
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.sdk.carrier import CarrierClient
 from tests.integration.test_gateway_support import market_load, now_ms, offer
@@ -65,6 +67,23 @@ def ledger_check(exchange) -> subprocess.CompletedProcess:
          "--database-url", exchange.database_url, "--schema", exchange.settlement_schema],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+async def audit_clean(exchange, rounds_min: int = 1) -> None:
+    """The running settlement service's own invariant audit: it has run, seen every
+    invariant hold in every round (rounds ran while the test traded), and exports each
+    invariant's gauge at 0."""
+    async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
+        text = (await client.get(exchange.settlement_url + "/metrics")).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    rounds = {outcome: samples.get(("wlex_settlement_invariant_checks_total",
+                                    (("outcome", outcome),)), 0.0)
+              for outcome in ("ok", "broken", "error")}  # fmt: skip
+    assert rounds["ok"] >= rounds_min and rounds["broken"] == rounds["error"] == 0, rounds
+    gauge = {dict(labels)["invariant"]: v for (name, labels), v in samples.items()
+             if name == "wlex_settlement_invariant_violations"}  # fmt: skip
+    assert len(gauge) == 7 and not any(gauge.values()), gauge
 
 
 async def test_post_fund_match_deal_deliver_settle(exchange):
@@ -142,6 +161,7 @@ async def test_post_fund_match_deal_deliver_settle(exchange):
 
     done = ledger_check(exchange)
     assert done.returncode == 0, done.stdout + done.stderr
+    await audit_clean(exchange)
 
 
 async def test_auction_won_on_the_stream_disputed_and_split(exchange):
@@ -185,3 +205,4 @@ async def test_auction_won_on_the_stream_disputed_and_split(exchange):
         }  # fmt: skip
     done = ledger_check(exchange)
     assert done.returncode == 0, done.stdout + done.stderr
+    await audit_clean(exchange)
