@@ -64,7 +64,7 @@ async def main(ctx: ServiceContext) -> None:
     ]
     # Not among the parts whose end ends the service: the audit watches, it may stop early
     # (turned off) and never fails.
-    audit = asyncio.create_task(InvariantAudit(settings, pool, metrics).run(ctx.stop),
+    audit = asyncio.create_task(InvariantAudit(settings, pool, metrics).run(ctx),
                                 name="invariant audit")  # fmt: skip
     readiness = asyncio.create_task(_ready_when(ctx, gate.ready, settler.ready, relay.ready))
     try:

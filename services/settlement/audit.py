@@ -17,13 +17,12 @@ audit never takes the service down.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
 import asyncpg
 
+from services.common.runner import ServiceContext
 from services.settlement import check
 from services.settlement.config import SettlementSettings
 from services.settlement.metrics import SettlementMetrics, settlement_metrics
@@ -36,7 +35,7 @@ OK, BROKEN, ERROR = "ok", "broken", "error"
 
 
 class InvariantAudit:
-    """`await InvariantAudit(settings, pool, metrics).run(stop)` until stop is set."""
+    """`await InvariantAudit(settings, pool, metrics).run(ctx)` until ctx.stop is set."""
 
     def __init__(
         self,
@@ -53,11 +52,11 @@ class InvariantAudit:
         s = self.settings
         return s.ledger_check_interval_s > 0 and s.settlement_instance == 0
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, ctx: ServiceContext) -> None:
         if not self.enabled:
             return
         delay = min(FIRST_CHECK_DELAY_S, self.settings.ledger_check_interval_s)
-        while not await _stopped_within(stop, delay):
+        while not await ctx.sleep_unless_stopped(delay):
             await self.check_once()
             delay = self.settings.ledger_check_interval_s
 
@@ -80,10 +79,3 @@ class InvariantAudit:
             m.invariant_checks.labels(BROKEN).inc()
             log.error("ledger invariants broken:\n%s", report.to_text())
         return report
-
-
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    return stop.is_set()

@@ -10,6 +10,8 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.common.observability import HealthChecks
+from services.common.runner import ServiceContext
 from services.settlement import check as C
 from services.settlement import postings as P
 from services.settlement.audit import InvariantAudit
@@ -46,10 +48,10 @@ async def test_the_audit_publishes_every_invariant_and_sees_a_corrupted_row(data
         audit = InvariantAudit(settings, pool, metrics)
 
         # run(): a first round soon after the start, then one every interval.
-        stop = asyncio.Event()
-        task = asyncio.create_task(audit.run(stop))
+        ctx = ServiceContext(settings, HealthChecks())
+        task = asyncio.create_task(audit.run(ctx))
         await asyncio.sleep(1.0)
-        stop.set()
+        ctx.stop.set()
         await asyncio.wait_for(task, 10)
         assert sample(registry, checks, outcome="ok") >= 2
         assert violations(registry) == dict.fromkeys(ALL, 0.0)
@@ -82,4 +84,5 @@ async def test_a_round_that_cannot_run_is_counted_and_only_instance_0_audits(dat
     assert not InvariantAudit(second, pool, metrics).enabled
     assert not InvariantAudit(SettlementSettings(ledger_check_interval_s=0), pool, metrics).enabled
     # Turned off, run() returns at once instead of waiting for the stop.
-    await asyncio.wait_for(InvariantAudit(second, pool, metrics).run(asyncio.Event()), 1)
+    ctx = ServiceContext(second, HealthChecks())
+    await asyncio.wait_for(InvariantAudit(second, pool, metrics).run(ctx), 1)
